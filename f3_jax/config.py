@@ -1,0 +1,207 @@
+"""Default configs of each stage and the checks that run before any compute.
+
+Config files in `configs/` start from these defaults and override what differs, so every
+field a user or a script may set is declared here once, with its meaning.
+"""
+
+from __future__ import annotations
+
+import math
+
+import ml_collections
+
+STAGES = ("autoencoder",)
+
+
+class ConfigError(ValueError):
+    """A config value that cannot work; the message names the field."""
+
+
+def data_defaults() -> ml_collections.ConfigDict:
+    d = ml_collections.ConfigDict()
+    d.source = "array_record"  # "array_record" (prepare / demo_corpus output) or "tfds"
+    d.path = "data/demo_corpus"  # directory written by f3_jax.data.prepare or .demo_corpus
+    d.build_demo_if_missing = False  # demo configs: build the demo corpus at data.path if absent
+    d.demo_minutes = 30.0  # size of the demo corpus built on first use
+    d.tfds_name = ""
+    d.tfds_data_dir = ""
+    d.train_split = "train"
+    d.eval_split = "valid"
+    d.crop_seconds = 1.0
+    d.min_crop_fraction = 0.0  # crops shorter than this fraction of crop_seconds are dropped
+    d.gain_db = (0.0, 0.0)  # random gain range in dB; (0, 0) disables the augmentation
+    d.num_workers = 0  # Grain worker processes (0: in-process)
+    d.read_threads = 4
+    d.prefetch_buffer = 2
+    d.eval_max_seconds = 8.0  # longer eval utterances are cut to this
+    d.eval_bucket_seconds = (2.0, 4.0, 8.0)  # eval batches are padded to one of these
+    d.eval_batch_size = 8
+    d.eval_max_examples = 64
+    return d
+
+
+def mesh_defaults() -> ml_collections.ConfigDict:
+    m = ml_collections.ConfigDict()
+    m.data = -1  # -1: all devices left over by the other axes
+    m.fsdp = 1
+    m.tensor = 1
+    return m
+
+
+def autoencoder_defaults() -> ml_collections.ConfigDict:
+    """Stage 1: the normalized noisy autoencoder, full 24 kHz size."""
+    c = ml_collections.ConfigDict()
+    c.stage = "autoencoder"
+    c.seed = 0
+    c.sample_rate = 24000
+    c.compute_dtype = "float32"  # "bfloat16" on accelerators; parameters stay float32
+
+    c.model = ml_collections.ConfigDict()
+    c.model.channels = 128  # width of the first encoder block
+    c.model.channel_mults = (1, 2, 4, 8, 16)  # len(strides) + 1 entries
+    c.model.strides = (2, 4, 6, 10)  # product = hop
+    c.model.hop = 480  # samples per latent frame; must equal prod(strides)
+    c.model.latent_dim = 64
+    c.model.dilations = (1, 3, 9)
+    c.model.kernel_size = 7
+    c.model.final_tanh = False
+
+    c.bottleneck = ml_collections.ConfigDict()
+    c.bottleneck.norm = "layer"  # "layer" (per frame over channels), "batch", or "none"
+    c.bottleneck.noise = "uniform"  # "uniform" (sigma ~ U[0, noise_max]), "half_normal", "none"
+    c.bottleneck.noise_max = 0.5
+    c.bottleneck.noise_scale = 0.25  # half-normal scale
+    c.bottleneck.batch_norm_momentum = 0.99
+
+    c.discriminator = ml_collections.ConfigDict()
+    c.discriminator.use_mpd = True
+    c.discriminator.mpd_periods = (2, 3, 5, 7, 11)
+    c.discriminator.mpd_channels = 32
+    c.discriminator.mpd_max_channels = 1024
+    c.discriminator.use_mbstft = True
+    c.discriminator.stft_fft_sizes = (2048, 1024, 512)
+    c.discriminator.stft_bands = ((0.0, 0.1), (0.1, 0.25), (0.25, 0.5), (0.5, 0.75), (0.75, 1.0))
+    c.discriminator.stft_channels = 32
+
+    c.loss = ml_collections.ConfigDict()
+    c.loss.mel_weight = 15.0
+    c.loss.mel_window_sizes = (32, 64, 128, 256, 512, 1024, 2048)
+    c.loss.mel_bins = (5, 10, 20, 40, 80, 160, 320)
+    c.loss.stft_weight = 1.0
+    c.loss.stft_fft_sizes = (2048, 1024, 512, 256)
+    c.loss.adv_weight = 1.0
+    c.loss.feature_weight = 2.0
+    c.loss.log_eps = 1e-5
+
+    c.optim = ml_collections.ConfigDict()
+    c.optim.gen_lr = 1e-4
+    c.optim.disc_lr = 1e-4
+    c.optim.b1 = 0.8
+    c.optim.b2 = 0.99
+    c.optim.weight_decay = 0.0
+    c.optim.grad_clip = 1000.0
+    c.optim.warmup_steps = 0
+    c.optim.schedule = "constant"  # "constant" or "cosine" (after warmup, to zero at train.steps)
+
+    c.train = ml_collections.ConfigDict()
+    c.train.steps = 400_000
+    c.train.batch_size = 32  # global
+    c.train.checkpoint_every = 5000
+    c.train.keep_checkpoints = 3
+    c.train.log_every = 100
+    c.train.eval_every = 5000
+    c.train.sample_every = 5000  # audio samples and spectrogram images
+    c.train.adversarial_start = 0  # discriminator off before this global step
+    c.train.ema_decay = 0.0  # 0 disables the EMA of the generator
+
+    c.data = data_defaults()
+    c.mesh = mesh_defaults()
+    return c
+
+
+_DEFAULTS = {"autoencoder": autoencoder_defaults}
+
+
+def defaults_for(stage: str) -> ml_collections.ConfigDict:
+    if stage not in _DEFAULTS:
+        raise ConfigError(f"config.stage={stage!r} is not one of {sorted(_DEFAULTS)}")
+    return _DEFAULTS[stage]()
+
+
+def _check_unknown_keys(config, schema, prefix: str = "") -> None:
+    for key in config.keys():
+        name = f"{prefix}{key}"
+        if key not in schema:
+            raise ConfigError(f"unknown config key config.{name}")
+        value, ref = config[key], schema[key]
+        if isinstance(ref, ml_collections.ConfigDict):
+            if not isinstance(value, ml_collections.ConfigDict):
+                raise ConfigError(f"config.{name} must be a group of fields, got {value!r}")
+            _check_unknown_keys(value, ref, name + ".")
+
+
+def resolve_mesh_shape(mesh_cfg, num_devices: int) -> tuple[int, int, int]:
+    """(data, fsdp, tensor) with a -1 entry filled by the devices left over."""
+    shape = [mesh_cfg.data, mesh_cfg.fsdp, mesh_cfg.tensor]
+    names = ["mesh.data", "mesh.fsdp", "mesh.tensor"]
+    if shape.count(-1) > 1:
+        raise ConfigError("at most one of mesh.data, mesh.fsdp, mesh.tensor may be -1")
+    for n, s in zip(names, shape):
+        if s != -1 and s < 1:
+            raise ConfigError(f"config.{n}={s} must be positive or -1")
+    known = math.prod(s for s in shape if s != -1)
+    if num_devices % known:
+        bad = ", ".join(f"{n}={s}" for n, s in zip(names, shape))
+        raise ConfigError(f"mesh ({bad}) does not divide the {num_devices} devices")
+    if -1 in shape:
+        shape[shape.index(-1)] = num_devices // known
+    if math.prod(shape) != num_devices:
+        bad = ", ".join(f"{n}={s}" for n, s in zip(names, shape))
+        raise ConfigError(f"mesh ({bad}) uses {math.prod(shape)} devices, not all {num_devices}")
+    return tuple(shape)
+
+
+def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
+    """Stops a bad config before any compute, naming the field."""
+    if "stage" not in config:
+        raise ConfigError("config.stage is missing")
+    _check_unknown_keys(config, defaults_for(config.stage))
+    data_par, fsdp, _ = resolve_mesh_shape(config.mesh, num_devices)
+    t = config.train
+    for name in ("steps", "batch_size", "checkpoint_every", "keep_checkpoints", "log_every",
+                 "eval_every"):
+        if t[name] < 1:
+            raise ConfigError(f"config.train.{name}={t[name]} must be at least 1")
+    if t.batch_size % (data_par * fsdp):
+        raise ConfigError(
+            f"config.train.batch_size={t.batch_size} does not divide over the data axes "
+            f"(mesh.data * mesh.fsdp = {data_par * fsdp})")
+    if config.data.crop_seconds <= 0:
+        raise ConfigError(f"config.data.crop_seconds={config.data.crop_seconds} must be > 0")
+    if config.data.source not in ("array_record", "tfds"):
+        raise ConfigError(f"config.data.source={config.data.source!r}: use array_record or tfds")
+    if config.compute_dtype not in ("float32", "bfloat16"):
+        raise ConfigError(f"config.compute_dtype={config.compute_dtype!r}: float32 or bfloat16")
+    if config.stage == "autoencoder":
+        _validate_autoencoder(config)
+
+
+def _validate_autoencoder(config) -> None:
+    m, b = config.model, config.bottleneck
+    if math.prod(m.strides) != m.hop:
+        raise ConfigError(
+            f"config.model.hop={m.hop} does not match the strides {tuple(m.strides)} "
+            f"(product {math.prod(m.strides)})")
+    if len(m.channel_mults) != len(m.strides) + 1:
+        raise ConfigError(
+            f"config.model.channel_mults needs len(strides)+1={len(m.strides) + 1} entries, "
+            f"got {len(m.channel_mults)}")
+    if b.norm not in ("layer", "batch", "none"):
+        raise ConfigError(f"config.bottleneck.norm={b.norm!r}: use layer, batch or none")
+    if b.noise not in ("uniform", "half_normal", "none"):
+        raise ConfigError(f"config.bottleneck.noise={b.noise!r}: use uniform, half_normal or none")
+    crop = round(config.data.crop_seconds * config.sample_rate)
+    if crop % m.hop:
+        raise ConfigError(
+            f"config.data.crop_seconds={config.data.crop_seconds} gives {crop} samples, "
+            f"not a multiple of the hop {m.hop}")

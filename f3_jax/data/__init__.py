@@ -1,0 +1,1 @@
+"""data of f3_jax."""

@@ -1,0 +1,1 @@
+"""losses of f3_jax."""

@@ -1,0 +1,1 @@
+"""metrics of f3_jax."""

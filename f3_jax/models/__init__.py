@@ -1,0 +1,1 @@
+"""models of f3_jax."""

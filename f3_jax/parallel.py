@@ -1,0 +1,130 @@
+"""Device mesh and the one table mapping logical parameter axes to mesh axes.
+
+Every parameter is created with `flax.linen.with_logical_partitioning` and a tuple of logical
+axis names from `LOGICAL_AXES`. `RULES` maps those names to the mesh axes
+("data", "fsdp", "tensor"). A mesh axis that does not divide a dimension is dropped for that
+dimension (the dimension is then replicated), so small layers (a 1-channel input convolution)
+never make a config unshardable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax
+import numpy as np
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+
+from f3_jax.config import resolve_mesh_shape
+
+MESH_AXES = ("data", "fsdp", "tensor")
+BATCH_AXES = ("data", "fsdp")
+
+# logical axis -> mesh axis (or None: replicated). One table for all stages.
+RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
+    ("batch", BATCH_AXES),
+    # convolutions: kernels are (width, in, out)
+    ("conv_width", None),
+    ("conv_in", "fsdp"),
+    ("conv_out", "tensor"),
+    ("channels", None),  # per-channel vectors: biases, Snake alphas, weight-norm gains
+    # transformers
+    ("vocab", "tensor"),
+    ("embed", "fsdp"),
+    ("mlp", "tensor"),
+    ("heads", "tensor"),
+    ("kv_heads", "tensor"),
+    ("head_dim", None),
+    ("layers", None),
+    ("norm", None),
+    # small dense layers (bottleneck projections, heads, adapters, flow head)
+    ("dense_in", "fsdp"),
+    ("dense_out", "tensor"),
+    ("codebooks", None),
+    ("codes", None),
+)
+LOGICAL_AXES = tuple(name for name, _ in RULES)
+
+
+def make_mesh(mesh_cfg, devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """Mesh ("data", "fsdp", "tensor") with Auto axes, sized from config (-1 fills)."""
+    devices = list(devices if devices is not None else jax.devices())
+    shape = resolve_mesh_shape(mesh_cfg, len(devices))
+    return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * 3, devices=devices)
+
+
+def _mesh_axes_for(logical: str | None):
+    if logical is None:
+        return None
+    for name, axes in RULES:
+        if name == logical:
+            return axes
+    raise KeyError(f"logical axis {logical!r} is not in f3_jax.parallel.RULES")
+
+
+def _axis_size(mesh: Mesh, axes) -> int:
+    if axes is None:
+        return 1
+    if isinstance(axes, str):
+        axes = (axes,)
+    return int(np.prod([mesh.shape[a] for a in axes]))
+
+
+def logical_to_spec(logical_axes: Sequence[str | None], shape: Sequence[int],
+                    mesh: Mesh) -> PartitionSpec:
+    """PartitionSpec of one array; mesh axes that don't divide their dimension are dropped."""
+    used: set[str] = set()
+    spec = []
+    for name, dim in zip(logical_axes, shape):
+        axes = _mesh_axes_for(name)
+        flat = (axes,) if isinstance(axes, str) else tuple(axes or ())
+        if (axes is None or any(a in used for a in flat)
+                or _axis_size(mesh, axes) == 1 or dim % _axis_size(mesh, axes)):
+            spec.append(None)
+            continue
+        used.update(flat)
+        spec.append(axes)
+    return PartitionSpec(*spec)
+
+
+def shardings_of(boxed_tree, mesh: Mesh):
+    """NamedShardings for a tree that may hold `nn.LogicallyPartitioned` boxes.
+
+    Leaves without logical names (step counters, optimizer scalars, rng keys) are replicated.
+    Works on abstract trees (`jax.eval_shape` output) as well as concrete ones.
+    """
+
+    def one(leaf):
+        if isinstance(leaf, nn.LogicallyPartitioned):
+            value = leaf.value
+            return NamedSharding(mesh, logical_to_spec(leaf.names, value.shape, mesh))
+        return NamedSharding(mesh, PartitionSpec())
+
+    return jax.tree.map(one, boxed_tree,
+                        is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
+
+
+def batch_sharding(mesh: Mesh, ndim: int) -> NamedSharding:
+    """Leading (batch) dimension over ("data", "fsdp"), the rest replicated."""
+    return NamedSharding(mesh, PartitionSpec(BATCH_AXES, *([None] * (ndim - 1))))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def global_batch(local_batch: dict, mesh: Mesh) -> dict:
+    """Numeric arrays of this process's batch -> global jax Arrays split over the batch axes.
+
+    Strings and object arrays (text, ids) stay on the host.
+    """
+    out = {}
+    for key, value in local_batch.items():
+        value = np.asarray(value)
+        if value.dtype.kind in "OUS":
+            out[key] = value
+            continue
+        out[key] = jax.make_array_from_process_local_data(
+            batch_sharding(mesh, value.ndim), value)
+    return out

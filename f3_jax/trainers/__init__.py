@@ -1,0 +1,1 @@
+"""trainers of f3_jax."""

