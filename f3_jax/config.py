@@ -168,14 +168,26 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
     _check_unknown_keys(config, defaults_for(config.stage))
     data_par, fsdp, _ = resolve_mesh_shape(config.mesh, num_devices)
     t = config.train
-    for name in ("steps", "batch_size", "checkpoint_every", "keep_checkpoints", "log_every",
-                 "eval_every"):
+    for name in (
+        "steps",
+        "batch_size",
+        "checkpoint_every",
+        "keep_checkpoints",
+        "log_every",
+        "eval_every",
+    ):
         if t[name] < 1:
             raise ConfigError(f"config.train.{name}={t[name]} must be at least 1")
     if t.batch_size % (data_par * fsdp):
         raise ConfigError(
             f"config.train.batch_size={t.batch_size} does not divide over the data axes "
-            f"(mesh.data * mesh.fsdp = {data_par * fsdp})")
+            f"(mesh.data * mesh.fsdp = {data_par * fsdp})"
+        )
+    if config.data.eval_batch_size % (data_par * fsdp):
+        raise ConfigError(
+            f"config.data.eval_batch_size={config.data.eval_batch_size} does not divide over "
+            f"the data axes (mesh.data * mesh.fsdp = {data_par * fsdp})"
+        )
     if config.data.crop_seconds <= 0:
         raise ConfigError(f"config.data.crop_seconds={config.data.crop_seconds} must be > 0")
     if config.data.source not in ("array_record", "tfds"):
@@ -191,11 +203,13 @@ def _validate_autoencoder(config) -> None:
     if math.prod(m.strides) != m.hop:
         raise ConfigError(
             f"config.model.hop={m.hop} does not match the strides {tuple(m.strides)} "
-            f"(product {math.prod(m.strides)})")
+            f"(product {math.prod(m.strides)})"
+        )
     if len(m.channel_mults) != len(m.strides) + 1:
         raise ConfigError(
             f"config.model.channel_mults needs len(strides)+1={len(m.strides) + 1} entries, "
-            f"got {len(m.channel_mults)}")
+            f"got {len(m.channel_mults)}"
+        )
     if b.norm not in ("layer", "batch", "none"):
         raise ConfigError(f"config.bottleneck.norm={b.norm!r}: use layer, batch or none")
     if b.noise not in ("uniform", "half_normal", "none"):
@@ -204,4 +218,5 @@ def _validate_autoencoder(config) -> None:
     if crop % m.hop:
         raise ConfigError(
             f"config.data.crop_seconds={config.data.crop_seconds} gives {crop} samples, "
-            f"not a multiple of the hop {m.hop}")
+            f"not a multiple of the hop {m.hop}"
+        )

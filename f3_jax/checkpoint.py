@@ -1,0 +1,189 @@
+"""Orbax checkpoints: train state, data iterator state and resolved config, plus exports.
+
+Layout under WORKDIR/checkpoints/<step>/: `state` (the train-state pytree), `data` (the Grain
+iterator state of every process), `config` (the resolved config and the f3_jax version).
+Restores are strict: the checkpoint's tree must match the expected one leaf for leaf (names
+and shapes), and a mismatch stops with the first differing leaf named. Arrays restore onto
+whatever shardings the caller asks for, so a checkpoint moves between meshes.
+
+The inference export (WORKDIR/export/) holds only what `Tokenizer` needs: the generator (or
+EMA) weights as safetensors and the config as JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import grain
+import jax
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+from etils import epath
+
+from f3_jax.version import __version__
+
+EXPORT_DIR = "export"
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint whose tree does not match the model being restored."""
+
+
+def _path_key(path) -> str:
+    parts = []
+    for p in path:
+        for attr in ("key", "name", "idx"):
+            if hasattr(p, attr):
+                parts.append(str(getattr(p, attr)))
+                break
+        else:
+            parts.append(str(p))
+    return "/".join(parts)
+
+
+def flatten_shapes(tree) -> dict[str, tuple[int, ...]]:
+    """{"a/b/c": shape} for every array-like leaf (arrays, ShapeDtypeStructs, metadata)."""
+    leaves = jax.tree_util.tree_flatten_with_path(
+        tree, is_leaf=lambda x: hasattr(x, "shape") and not isinstance(x, dict)
+    )[0]
+    return {_path_key(p): tuple(getattr(v, "shape", ())) for p, v in leaves if v is not None}
+
+
+def check_same_tree(expected: dict, found: dict, what: str) -> None:
+    missing = sorted(set(expected) - set(found))
+    extra = sorted(set(found) - set(expected))
+    if missing:
+        raise CheckpointMismatchError(
+            f"{what}: leaf {missing[0]!r} is missing from the checkpoint"
+            f" ({len(missing)} missing in all)"
+        )
+    if extra:
+        raise CheckpointMismatchError(
+            f"{what}: unexpected leaf {extra[0]!r} in the checkpoint"
+            f" ({len(extra)} unexpected in all)"
+        )
+    for key, shape in expected.items():
+        if tuple(found[key]) != tuple(shape):
+            raise CheckpointMismatchError(
+                f"{what}: leaf {key!r} has shape {tuple(found[key])} in the checkpoint, "
+                f"the model expects {tuple(shape)}"
+            )
+
+
+def config_record(config: ml_collections.ConfigDict) -> dict:
+    return {"config": json.loads(config.to_json_best_effort()), "f3_jax_version": __version__}
+
+
+class Checkpointer:
+    """Async Orbax manager for one workdir; every process calls save/restore together."""
+
+    def __init__(self, workdir: str, *, keep: int = 3, async_save: bool = True):
+        self.directory = epath.Path(workdir) / "checkpoints"
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=keep, enable_async_checkpointing=async_save, create=True
+        )
+        self._manager = ocp.CheckpointManager(
+            self.directory, options=options, item_names=("state", "data", "config")
+        )
+
+    def latest_step(self) -> int | None:
+        return self._manager.latest_step()
+
+    def all_steps(self) -> list[int]:
+        return list(self._manager.all_steps())
+
+    def save(self, step: int, state, data_iter, config, *, force: bool = False) -> bool:
+        items = {
+            "state": ocp.args.StandardSave(state),
+            "config": ocp.args.JsonSave(config_record(config)),
+        }
+        if data_iter is not None:
+            items["data"] = grain.checkpoint.CheckpointSave(data_iter)
+        return self._manager.save(step, args=ocp.args.Composite(**items), force=force)
+
+    def saved_config(self, step: int) -> dict:
+        return self._manager.restore(
+            step, args=ocp.args.Composite(config=ocp.args.JsonRestore())
+        ).config
+
+    def state_metadata(self, step: int):
+        return self._manager.item_metadata(step)["state"].tree
+
+    def restore(self, step: int, abstract_state, data_iter=None):
+        """Restores `state` onto the shardings in `abstract_state` (ShapeDtypeStructs).
+
+        `data_iter`, when given, is set to the saved position. Strict: see module doc.
+        """
+        check_same_tree(
+            flatten_shapes(abstract_state),
+            flatten_shapes(self.state_metadata(step)),
+            f"checkpoint {self.directory / str(step)}",
+        )
+        items = {"state": ocp.args.StandardRestore(abstract_state)}
+        if data_iter is not None:
+            items["data"] = grain.checkpoint.CheckpointRestore(data_iter)
+        return self._manager.restore(step, args=ocp.args.Composite(**items)).state
+
+    def restore_raw(self, step: int | None = None) -> Any:
+        """The state tree as saved, on the default device (for inference and eval tools)."""
+        step = self.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"no checkpoint under {self.directory}")
+        meta = self.state_metadata(step)
+        sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        abstract = jax.tree.map(
+            lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding), meta
+        )
+        return self._manager.restore(
+            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
+        ).state
+
+    def wait(self) -> None:
+        self._manager.wait_until_finished()
+
+    def close(self) -> None:
+        self._manager.close()
+
+
+def _flat_params(params) -> dict[str, np.ndarray]:
+    leaves = jax.tree_util.tree_flatten_with_path(params)[0]
+    return {_path_key(p): np.asarray(jax.device_get(v)) for p, v in leaves}
+
+
+def unflatten_params(flat: dict[str, np.ndarray]) -> dict:
+    tree: dict = {}
+    for key, value in flat.items():
+        node = tree
+        *parents, leaf = key.split("/")
+        for name in parents:
+            node = node.setdefault(name, {})
+        node[leaf] = value
+    return tree
+
+
+def write_export(workdir: str, variables: dict, config, step: int) -> None:
+    """Writes WORKDIR/export/{weights.safetensors,config.json} atomically (process 0 only)."""
+    from safetensors.numpy import save_file
+
+    if jax.process_index() != 0:
+        return
+    out = epath.Path(workdir) / EXPORT_DIR
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / "weights.safetensors.tmp"
+    save_file(_flat_params(variables), os.fspath(tmp))
+    tmp.rename(out / "weights.safetensors")
+    record = config_record(config) | {"step": int(step)}
+    (out / "config.json").write_text(json.dumps(record, indent=1))
+
+
+def read_export(path: str) -> tuple[dict, ml_collections.ConfigDict, int]:
+    """(variables, config, step) from an export directory."""
+    from safetensors.numpy import load_file
+
+    path = epath.Path(path)
+    record = json.loads((path / "config.json").read_text())
+    variables = unflatten_params(load_file(os.fspath(path / "weights.safetensors")))
+    return variables, ml_collections.ConfigDict(record["config"]), record["step"]

@@ -1,0 +1,49 @@
+"""python -m f3_jax.tokenize encode IN.wav OUT.npy --workdir DIR
+   python -m f3_jax.tokenize decode IN.npy OUT.wav --workdir DIR
+
+Audio files in any format f3_jax.data.audio_io reads; latents as (T, D) float32 .npy files.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import numpy as np
+from absl import app, flags
+
+from f3_jax.data.audio_io import load_audio, write_audio
+from f3_jax.tokenizer import Tokenizer
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir (its export or checkpoints).")
+_STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest export).")
+
+USAGE = (
+    "usage: python -m f3_jax.tokenize {encode IN.wav OUT.npy | decode IN.npy OUT.wav} --workdir DIR"
+)
+
+
+def main(argv) -> None:
+    if len(argv) != 4 or argv[1] not in ("encode", "decode") or not _WORKDIR.value:
+        sys.exit(USAGE)
+    command, src, dst = argv[1:]
+    tok = Tokenizer.from_checkpoint(_WORKDIR.value, step=_STEP.value)
+    start = time.perf_counter()
+    if command == "encode":
+        wav = load_audio(src, tok.sample_rate)
+        z = tok.encode(wav)
+        np.save(dst, z.astype(np.float32))
+        seconds = len(wav) / tok.sample_rate
+        print(f"{src}: {seconds:.2f} s -> latents {z.shape} in {dst}")
+    else:
+        z = np.load(src, allow_pickle=False)
+        wav = tok.decode(z)
+        write_audio(dst, wav, tok.sample_rate)
+        seconds = len(wav) / tok.sample_rate
+        print(f"{src}: latents {z.shape} -> {seconds:.2f} s of audio in {dst}")
+    elapsed = time.perf_counter() - start
+    print(f"{elapsed:.2f} s wall, {seconds / max(elapsed, 1e-9):.1f}x real time (incl. compile)")
+
+
+if __name__ == "__main__":
+    app.run(main)

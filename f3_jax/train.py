@@ -1,0 +1,185 @@
+"""python -m f3_jax.train --config configs/X.py --workdir DIR
+
+The train loop shared by every stage: the config names the stage, the stage's trainer supplies
+the state and step functions. Reads top to bottom: check config, build mesh, data, state,
+resume, then step / log / validate / checkpoint until done or asked to stop.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags, logging
+from jax.experimental import multihost_utils
+from ml_collections import config_flags
+
+from f3_jax import checkpoint, data, parallel, trainers
+from f3_jax import config as config_lib
+from f3_jax.preemption import PreemptionWatcher
+from f3_jax.summary import Progress, SummaryWriter
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Config file (configs/*.py).", lock_config=True
+)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints and logs go.")
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "host:port of process 0 for multi-process runs."
+)
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in a multi-process run.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
+
+
+def maybe_initialize_distributed() -> None:
+    """jax.distributed.initialize when flags or the environment (TPU pod, SLURM) say so."""
+    if _COORDINATOR.value or (_NUM_PROCESSES.value or 1) > 1:
+        jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    elif "SLURM_NTASKS" in os.environ and int(os.environ["SLURM_NTASKS"]) > 1:
+        jax.distributed.initialize()
+    elif os.environ.get("TPU_WORKER_HOSTNAMES", "").count(",") > 0:
+        jax.distributed.initialize()
+
+
+def to_host(tree):
+    """Device values -> numpy on every process (gathers shards other processes hold)."""
+    if jax.process_count() > 1:
+        return multihost_utils.process_allgather(tree, tiled=True)
+    return jax.device_get(tree)
+
+
+def wait_on_cpu(tree) -> None:
+    # Several CPU devices in one process can deadlock when steps are dispatched without
+    # waiting (DESIGN.md); accelerators keep the queue full.
+    if jax.devices()[0].platform == "cpu":
+        jax.block_until_ready(tree)
+
+
+def validate(trainer, config, mesh, state, step: int, writer: SummaryWriter) -> dict:
+    """Mean of each per-example validation metric over the valid split; logs samples too."""
+    per_process = config.data.eval_batch_size // jax.process_count()
+    sums, count = {}, 0.0
+    for i, local in enumerate(
+        data.eval_batches(
+            config.data,
+            sample_rate=config.sample_rate,
+            split=config.data.eval_split,
+            batch_size=per_process,
+            process_index=jax.process_index(),
+            process_count=jax.process_count(),
+            max_examples=config.data.eval_max_examples,
+        )
+    ):
+        batch = parallel.global_batch({k: local[k] for k in ("audio", "mask", "valid")}, mesh)
+        metrics, est = trainer.eval_step(state, batch)
+        valid = batch["valid"]
+        with jax.set_mesh(mesh):
+            weighted = jax.jit(lambda m, v: {k: jnp.sum(x * v) for k, x in m.items()})(
+                metrics, valid
+            )
+        weighted, n = to_host((weighted, jnp.sum(valid)))
+        for k, v in weighted.items():
+            sums[k] = sums.get(k, 0.0) + float(v)
+        count += float(n)
+        if i == 0 and step % config.train.sample_every == 0:
+            log_samples(writer, step, to_host(batch["audio"]), to_host(est), config.sample_rate)
+    result = {f"valid/{k}": v / max(count, 1.0) for k, v in sums.items()}
+    writer.scalars(step, result)
+    logging.info(
+        "validation at step %d: %s", step, ", ".join(f"{k}={v:.4g}" for k, v in result.items())
+    )
+    return result
+
+
+def log_samples(writer, step: int, audio, est, sample_rate: int, count: int = 2) -> None:
+    for j in range(min(count, audio.shape[0])):
+        writer.audio(step, f"samples/{j}/original", audio[j], sample_rate)
+        writer.audio(step, f"samples/{j}/reconstruction", est[j], sample_rate)
+        writer.spectrogram(
+            step, f"spectrogram/{j}", {"original": audio[j], "reconstruction": est[j]}, sample_rate
+        )
+
+
+def train(config, workdir: str) -> None:
+    config_lib.validate(config, jax.device_count())
+    mesh = parallel.make_mesh(config.mesh)
+    logging.info(
+        "mesh %s over %d devices in %d processes",
+        dict(mesh.shape),
+        jax.device_count(),
+        jax.process_count(),
+    )
+    data.ensure_dataset(config.data, config.sample_rate)
+    trainer = trainers.create(config, mesh)
+    train_t = config.train
+    data_iter = iter(
+        data.train_dataset(
+            config.data,
+            sample_rate=config.sample_rate,
+            batch_size=train_t.batch_size // jax.process_count(),
+            seed=config.seed,
+            process_index=jax.process_index(),
+            process_count=jax.process_count(),
+        )
+    )
+
+    ckpt = checkpoint.Checkpointer(workdir, keep=train_t.keep_checkpoints)
+    state, start = trainer.initial_state(), ckpt.latest_step() or 0
+    if start:
+        logging.info("resuming from %s/%d", ckpt.directory, start)
+        state = ckpt.restore(start, trainer.abstract_state(), data_iter)
+
+    writer = SummaryWriter(os.path.join(workdir, "train"))
+    if start == 0:
+        writer.text(0, "config", "```\n" + str(config) + "\n```")
+    progress = Progress(train_t.steps, train_t.batch_size * config.data.crop_seconds, start)
+    preemption = PreemptionWatcher()
+    num_skipped_data = 0
+
+    for step in range(start, train_t.steps):
+        local = next(data_iter)
+        num_skipped_data = int(local.get("num_skipped", num_skipped_data))
+        batch = parallel.global_batch({k: local[k] for k in ("audio", "mask")}, mesh)
+        state, metrics = trainer.train_step(state, batch, step)
+        wait_on_cpu(metrics)
+        done = step + 1
+
+        if done % train_t.log_every == 0 or done == train_t.steps:
+            values = to_host(metrics) | to_host(trainer.grad_norms(state, batch, step))
+            values["data/skipped_records"] = num_skipped_data
+            writer.scalars(done, values | progress.report(done, values))
+            if not np.isfinite(values.get("loss/gen_total", 0.0)):
+                logging.warning("non-finite loss at step %d; the update was skipped", done)
+        if done % train_t.eval_every == 0 or done == train_t.steps:
+            validate(trainer, config, mesh, state, done, writer)
+        stop = preemption.should_stop(done)
+        if done % train_t.checkpoint_every == 0 or done == train_t.steps or stop:
+            ckpt.save(done, state, data_iter, config, force=True)
+            checkpoint.write_export(
+                workdir, to_host(trainer.inference_variables(state)), config, done
+            )
+        if stop:
+            logging.warning("stopping at step %d after saving a checkpoint", done)
+            break
+
+    ckpt.wait()
+    ckpt.close()
+    writer.close()
+
+
+def main(argv) -> None:
+    del argv
+    if _WORKDIR.value is None or _CONFIG.value is None:
+        sys.exit("usage: python -m f3_jax.train --config configs/X.py --workdir DIR")
+    maybe_initialize_distributed()
+    try:
+        train(_CONFIG.value, _WORKDIR.value)
+    except (config_lib.ConfigError, data.DataError) as e:
+        logging.error("%s", e)
+        sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+    app.run(main)
