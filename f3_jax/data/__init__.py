@@ -1,1 +1,17 @@
-"""data of f3_jax."""
+"""The input side: corpus builders, the prepare CLI, sources and Grain pipelines.
+
+The pipeline functions are imported lazily so that the CLIs and their worker processes do not
+pay for importing grain.
+"""
+
+from f3_jax.data.errors import DataError
+
+__all__ = ["DataError", "ensure_dataset", "train_dataset", "eval_batches"]
+
+
+def __getattr__(name):
+    if name in ("ensure_dataset", "train_dataset", "eval_batches"):
+        from f3_jax.data import pipeline
+
+        return getattr(pipeline, name)
+    raise AttributeError(name)

@@ -1,0 +1,62 @@
+"""`dataset_info.json`: what a prepared directory holds, per split, and what was skipped.
+
+    {"format": "f3_jax.audio_records", "version": 1, "sample_rate": 24000, "encoding": "pcm16",
+     "num_examples": N, "hours": h,
+     "splits": {"train": {"num_examples", "hours", "seconds", "max_seconds", "min_seconds",
+                          "shards": ["train/train-00000-of-00002.array_record", ...],
+                          "label_names": [...], "num_skipped", "skipped": [{"path", "reason"}]}},
+     ...extra keys of the writer (e.g. "demo" for the demo corpus)}
+
+Shard paths are relative to the directory, so a prepared directory can be moved.
+The file is written last and atomically: its presence means every listed shard is complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from f3_jax.data.errors import DataError
+
+INFO_NAME = "dataset_info.json"
+FORMAT = "f3_jax.audio_records"
+
+
+def read_info(root: str) -> dict[str, Any] | None:
+    """The parsed dataset_info.json of `root`, or None if there is none (or it is unreadable)."""
+    path = os.path.join(root, INFO_NAME)
+    try:
+        with open(path, encoding="utf-8") as f:
+            info = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return info if isinstance(info, dict) and info.get("format") == FORMAT else None
+
+
+def write_json_atomic(path: str, obj: Any) -> None:
+    tmp = f"{path}.tmp.{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=1, ensure_ascii=False)
+    os.replace(tmp, path)
+
+
+def update_info(
+    root: str, split: str, summary: dict, *, sample_rate: int, encoding: str, extra: dict | None
+) -> dict:
+    """Adds or replaces one split in root/dataset_info.json and recomputes the totals."""
+    info = read_info(root) or {}
+    if info and info.get("sample_rate") != sample_rate:
+        raise DataError(
+            f"{root} holds {info.get('sample_rate')} Hz splits; cannot add a {sample_rate} Hz "
+            f"split {split!r} (use another --output or the same --sample_rate)"
+        )
+    info.update({"format": FORMAT, "version": 1, "sample_rate": sample_rate})
+    info.setdefault("splits", {})[split] = summary
+    encodings = {s.get("encoding", encoding) for s in info["splits"].values()} | {encoding}
+    info["encoding"] = encoding if len(encodings) == 1 else "mixed"
+    info["num_examples"] = sum(s["num_examples"] for s in info["splits"].values())
+    info["hours"] = sum(s["hours"] for s in info["splits"].values())
+    info.update(extra or {})
+    write_json_atomic(os.path.join(root, INFO_NAME), info)
+    return info

@@ -1,0 +1,176 @@
+"""The one ArrayRecord writer behind `prepare` and `demo_corpus`: parallel, resumable.
+
+A split's items are cut into contiguous shards. Workers (a process pool) turn items into record
+bytes; the main process writes each shard to a temporary name and renames it when complete, then
+writes a small sidecar `<shard>.json` (counts, durations, skipped items, and a digest of the
+shard's inputs and settings). A rerun skips every shard whose sidecar matches and redoes the rest,
+so an interrupted run finishes without redoing complete shards.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import multiprocessing
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from array_record.python import array_record_module
+from tqdm import tqdm
+
+from f3_jax.data.dataset_info import write_json_atomic
+
+# One record per chunk: random access reads one record without decompressing its neighbours.
+# Uncompressed: FLAC is already compressed and zstd gains little on PCM but costs CPU per read.
+WRITER_OPTIONS = "group_size:1,uncompressed"
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+    """One item to turn into a record. `key` identifies the input (enters the shard digest)."""
+
+    key: str
+    args: tuple
+
+
+@dataclasses.dataclass(frozen=True)
+class Result:
+    """A worker's answer: record bytes and their stats, or None and the reason it was skipped."""
+
+    record: bytes | None
+    seconds: float = 0.0
+    label_names: tuple[str, ...] = ()
+    reason: str = ""
+
+
+def shard_names(split: str, num_shards: int) -> list[str]:
+    return [f"{split}/{split}-{i:05d}-of-{num_shards:05d}.array_record" for i in range(num_shards)]
+
+
+def _split_jobs(jobs: Sequence[Job], num_shards: int) -> list[list[Job]]:
+    bounds = [round(i * len(jobs) / num_shards) for i in range(num_shards + 1)]
+    return [list(jobs[bounds[i] : bounds[i + 1]]) for i in range(num_shards)]
+
+
+def _digest(jobs: Sequence[Job], settings: dict) -> str:
+    blob = json.dumps({"settings": settings, "keys": [j.key for j in jobs]}, sort_keys=True)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+def _complete_sidecar(root: str, name: str, digest: str) -> dict | None:
+    try:
+        with open(os.path.join(root, name + ".json"), encoding="utf-8") as f:
+            side = json.load(f)
+    except (OSError, ValueError):
+        return None
+    if side.get("digest") != digest or not os.path.exists(os.path.join(root, name)):
+        return None
+    return side
+
+
+def _remove_stale(root: str, split: str, keep: set[str]) -> None:
+    """Deletes shards of an earlier run with another shard count (and leftover temp files)."""
+    split_dir = os.path.join(root, split)
+    for fname in os.listdir(split_dir):
+        rel = f"{split}/{fname}"
+        if rel not in keep and rel.removesuffix(".json") not in keep:
+            os.remove(os.path.join(split_dir, fname))
+
+
+def _results(fn, jobs, workers, initializer, initargs):
+    """Yields fn(job) in job order, over a spawn process pool when workers > 0.
+
+    spawn, not fork: the caller may be a trainer process with JAX threads running.
+    """
+    if workers <= 0 or not jobs:
+        if initializer is not None:
+            initializer(*initargs)
+        yield from map(fn, jobs)
+        return
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(min(workers, len(jobs)), initializer, initargs) as pool:
+        yield from pool.imap(fn, jobs, chunksize=1)
+
+
+def _write_shard(root: str, name: str, results, n: int, pbar) -> dict:
+    tmp = os.path.join(root, name + ".tmp")
+    writer = array_record_module.ArrayRecordWriter(tmp, WRITER_OPTIONS)
+    side: dict[str, Any] = {
+        "num_examples": 0,
+        "seconds": 0.0,
+        "max_seconds": 0.0,
+        "min_seconds": None,
+        "label_names": [],
+        "skipped": [],
+    }
+    labels: set[str] = set()
+    for _ in range(n):
+        job, res = next(results)
+        pbar.update(1)
+        if res.record is None:
+            side["skipped"].append({"path": job.key, "reason": res.reason})
+            continue
+        writer.write(res.record)
+        side["num_examples"] += 1
+        side["seconds"] += res.seconds
+        side["max_seconds"] = max(side["max_seconds"], res.seconds)
+        side["min_seconds"] = min(side["min_seconds"] or res.seconds, res.seconds)
+        labels.update(res.label_names)
+    writer.close()
+    os.replace(tmp, os.path.join(root, name))
+    side["label_names"] = sorted(labels)
+    return side
+
+
+def write_split(
+    root: str,
+    split: str,
+    jobs: Sequence[Job],
+    fn: Callable[[Job], Result],
+    *,
+    num_shards: int,
+    workers: int,
+    settings: dict,
+    desc: str,
+    initializer: Callable | None = None,
+    initargs: tuple = (),
+) -> dict:
+    """Writes (or completes) root/<split>/ shards; returns the split summary for dataset_info."""
+    num_shards = max(1, min(num_shards, len(jobs)))
+    os.makedirs(os.path.join(root, split), exist_ok=True)
+    names = shard_names(split, num_shards)
+    groups = _split_jobs(jobs, num_shards)
+    digests = [_digest(g, settings) for g in groups]
+    sides = [_complete_sidecar(root, nm, d) for nm, d in zip(names, digests)]
+    _remove_stale(root, split, set(names))
+    todo = [i for i, s in enumerate(sides) if s is None]
+    todo_jobs = [j for i in todo for j in groups[i]]
+    done = len(jobs) - len(todo_jobs)
+    with tqdm(total=len(jobs), initial=done, desc=desc, unit="file", smoothing=0.1) as pbar:
+        stream = zip(todo_jobs, _results(fn, todo_jobs, workers, initializer, initargs))
+        for i in todo:
+            side = _write_shard(root, names[i], stream, len(groups[i]), pbar)
+            side["digest"] = digests[i]
+            write_json_atomic(os.path.join(root, names[i] + ".json"), side)
+            sides[i] = side
+    return _summary(names, sides, settings)
+
+
+def _summary(names: list[str], sides: list[dict], settings: dict) -> dict:
+    seconds = sum(s["seconds"] for s in sides)
+    mins = [s["min_seconds"] for s in sides if s["min_seconds"] is not None]
+    skipped = [k for s in sides for k in s["skipped"]]
+    return {
+        "num_examples": sum(s["num_examples"] for s in sides),
+        "seconds": seconds,
+        "hours": seconds / 3600.0,
+        "max_seconds": max((s["max_seconds"] for s in sides), default=0.0),
+        "min_seconds": min(mins, default=0.0),
+        "encoding": settings.get("encoding", ""),
+        "shards": names,
+        "label_names": sorted({n for s in sides for n in s["label_names"]}),
+        "num_skipped": len(skipped),
+        "skipped": skipped,
+    }
