@@ -42,19 +42,24 @@ def write_json_atomic(path: str, obj: Any) -> None:
 
 
 def update_info(
-    root: str, split: str, summary: dict, *, sample_rate: int, encoding: str, extra: dict | None
+    root: str,
+    summaries: dict[str, dict],
+    *,
+    sample_rate: int,
+    encoding: str,
+    extra: dict | None = None,
 ) -> dict:
-    """Adds or replaces one split in root/dataset_info.json and recomputes the totals."""
+    """Adds or replaces splits in root/dataset_info.json (one atomic write), recomputes totals."""
     info = read_info(root) or {}
     if info and info.get("sample_rate") != sample_rate:
         raise DataError(
-            f"{root} holds {info.get('sample_rate')} Hz splits; cannot add a {sample_rate} Hz "
-            f"split {split!r} (use another --output or the same --sample_rate)"
+            f"{root} holds {info.get('sample_rate')} Hz splits; cannot add {sample_rate} Hz "
+            f"splits {sorted(summaries)} (use another --output or the same --sample_rate)"
         )
     info.update({"format": FORMAT, "version": 1, "sample_rate": sample_rate})
-    info.setdefault("splits", {})[split] = summary
-    encodings = {s.get("encoding", encoding) for s in info["splits"].values()} | {encoding}
-    info["encoding"] = encoding if len(encodings) == 1 else "mixed"
+    info.setdefault("splits", {}).update(summaries)
+    encodings = {s.get("encoding", encoding) for s in info["splits"].values()}
+    info["encoding"] = encodings.pop() if len(encodings) == 1 else "mixed"
     info["num_examples"] = sum(s["num_examples"] for s in info["splits"].values())
     info["hours"] = sum(s["hours"] for s in info["splits"].values())
     info.update(extra or {})

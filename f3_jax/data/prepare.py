@@ -21,7 +21,7 @@ from f3_jax.data import records
 from f3_jax.data.audio_io import AUDIO_EXTENSIONS, load_audio
 from f3_jax.data.dataset_info import update_info
 from f3_jax.data.errors import DataError
-from f3_jax.data.shards import Job, Result, write_split
+from f3_jax.data.shards import Job, Result, worker_pool, write_split
 from f3_jax.data.transcripts import Entry, LayoutTranscripts, read_manifest
 
 FILES_PER_SHARD = 1024  # for --num_shards 0 (auto)
@@ -95,19 +95,18 @@ def prepare(
     num_shards = num_shards or math.ceil(len(jobs) / FILES_PER_SHARD)
     settings = {"sample_rate": sample_rate, "encoding": encoding, "manifest": manifest or ""}
     os.makedirs(output, exist_ok=True)
-    summary = write_split(
-        output,
-        split,
-        jobs,
-        prepare_one,
-        num_shards=num_shards,
-        workers=workers,
-        settings=settings,
-        desc=f"prepare {split}",
-    )
-    return update_info(
-        output, split, summary, sample_rate=sample_rate, encoding=encoding, extra=None
-    )
+    with worker_pool(min(workers, len(jobs))) as map_fn:
+        summary = write_split(
+            output,
+            split,
+            jobs,
+            prepare_one,
+            num_shards=num_shards,
+            map_fn=map_fn,
+            settings=settings,
+            desc=f"prepare {split}",
+        )
+    return update_info(output, {split: summary}, sample_rate=sample_rate, encoding=encoding)
 
 
 def main(argv: list[str] | None = None) -> int:

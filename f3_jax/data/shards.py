@@ -9,12 +9,13 @@ so an interrupted run finishes without redoing complete shards.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 import multiprocessing
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from array_record.python import array_record_module
@@ -79,19 +80,24 @@ def _remove_stale(root: str, split: str, keep: set[str]) -> None:
             os.remove(os.path.join(split_dir, fname))
 
 
-def _results(fn, jobs, workers, initializer, initargs):
-    """Yields fn(job) in job order, over a spawn process pool when workers > 0.
+MapFn = Callable[[Callable[[Job], Result], Sequence[Job]], Iterator[Result]]
 
-    spawn, not fork: the caller may be a trainer process with JAX threads running.
+
+@contextlib.contextmanager
+def worker_pool(workers: int, initializer: Callable | None = None) -> Iterator[MapFn]:
+    """A map over jobs, in job order: a spawn process pool when workers > 0, else in-process.
+
+    spawn, not fork: the caller may be a trainer process with JAX threads running. One pool can
+    serve several write_split calls (the demo corpus loads its voice once per worker).
     """
-    if workers <= 0 or not jobs:
+    if workers <= 0:
         if initializer is not None:
-            initializer(*initargs)
-        yield from map(fn, jobs)
+            initializer()
+        yield lambda fn, jobs: map(fn, jobs)
         return
     ctx = multiprocessing.get_context("spawn")
-    with ctx.Pool(min(workers, len(jobs)), initializer, initargs) as pool:
-        yield from pool.imap(fn, jobs, chunksize=1)
+    with ctx.Pool(workers, initializer) as pool:
+        yield lambda fn, jobs: pool.imap(fn, jobs, chunksize=1)
 
 
 def _write_shard(root: str, name: str, results, n: int, pbar) -> dict:
@@ -131,11 +137,9 @@ def write_split(
     fn: Callable[[Job], Result],
     *,
     num_shards: int,
-    workers: int,
+    map_fn: MapFn,
     settings: dict,
     desc: str,
-    initializer: Callable | None = None,
-    initargs: tuple = (),
 ) -> dict:
     """Writes (or completes) root/<split>/ shards; returns the split summary for dataset_info."""
     num_shards = max(1, min(num_shards, len(jobs)))
@@ -149,7 +153,7 @@ def write_split(
     todo_jobs = [j for i in todo for j in groups[i]]
     done = len(jobs) - len(todo_jobs)
     with tqdm(total=len(jobs), initial=done, desc=desc, unit="file", smoothing=0.1) as pbar:
-        stream = zip(todo_jobs, _results(fn, todo_jobs, workers, initializer, initargs))
+        stream = zip(todo_jobs, map_fn(fn, todo_jobs))
         for i in todo:
             side = _write_shard(root, names[i], stream, len(groups[i]), pbar)
             side["digest"] = digests[i]
