@@ -28,6 +28,7 @@ RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("conv_width", None),
     ("conv_in", "fsdp"),
     ("conv_out", "tensor"),
+    ("conv_freq", None),  # 2-D (discriminator) kernels are (time, freq, in, out)
     ("channels", None),  # per-channel vectors: biases, Snake alphas, weight-norm gains
     # transformers
     ("vocab", "tensor"),

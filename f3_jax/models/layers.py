@@ -1,0 +1,184 @@
+"""Weight-normalized convolutions and the Snake activation, the building blocks of stage 1.
+
+Weight normalization (Salimans & Kingma 2016) keeps a direction `v` and a per-output-channel
+gain `g`; the kernel is `g * v / ||v||`. `g` starts at `||v||`, so at initialisation the kernel
+equals the plain initialised kernel. Parameters are float32; the convolution runs in `dtype`.
+Layout is NWC (batch, length, channels) for 1-D and NHWC for 2-D layers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+Dtype = jnp.dtype | str
+
+_CONV1D = ("NWC", "WIO", "NWC")
+_CONV2D = ("NHWC", "HWIO", "NHWC")
+_KERNEL_1D = ("conv_width", "conv_in", "conv_out")
+_KERNEL_2D = ("conv_width", "conv_freq", "conv_in", "conv_out")
+
+
+def same_padding(kernel_size: int, dilation: int = 1) -> tuple[int, int]:
+    """(left, right) padding that keeps the length of a stride-1 convolution."""
+    total = dilation * (kernel_size - 1)
+    return total // 2, total - total // 2
+
+
+def strided_padding(stride: int) -> tuple[int, int]:
+    """Padding of a kernel-2*stride, stride-`stride` convolution so that L -> L // stride exactly.
+
+    Output length is (L + left + right - 2s) // s + 1, which equals L / s when left + right = s.
+    """
+    return (stride + 1) // 2, stride // 2
+
+
+def _weight_norm_params(module: nn.Module, shape: tuple[int, ...], names: tuple[str, ...]):
+    """Direction v and gain g (one per output channel, last axis), g initialised to ||v||."""
+    v = module.param(
+        "v", nn.with_logical_partitioning(nn.initializers.lecun_normal(), names), shape, jnp.float32
+    )
+    norm_axes = tuple(range(len(shape) - 1))
+
+    def g_init(_key, _shape, _dtype=jnp.float32):
+        return jnp.sqrt(jnp.sum(jnp.square(v), axis=norm_axes))
+
+    g = module.param("g", nn.with_logical_partitioning(g_init, ("channels",)), (shape[-1],))
+    # eps under the sqrt: a direction driven to zero must not give NaN gradients.
+    scale = g / jnp.sqrt(jnp.sum(jnp.square(v), axis=norm_axes) + 1e-12)
+    return v * scale
+
+
+def _bias(module: nn.Module, features: int, use_bias: bool):
+    if not use_bias:
+        return None
+    return module.param(
+        "bias",
+        nn.with_logical_partitioning(nn.initializers.zeros, ("channels",)),
+        (features,),
+        jnp.float32,
+    )
+
+
+class WNConv1d(nn.Module):
+    """Weight-normalized 1-D convolution with explicit (left, right) padding.
+
+    padding=None means "same" for stride 1 and the exact L // stride padding of
+    `strided_padding` for kernel 2*stride.
+    """
+
+    features: int
+    kernel_size: int
+    stride: int = 1
+    dilation: int = 1
+    padding: tuple[int, int] | None = None
+    use_bias: bool = True
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        shape = (self.kernel_size, x.shape[-1], self.features)
+        kernel = _weight_norm_params(self, shape, _KERNEL_1D)
+        pad = self.padding
+        if pad is None:
+            pad = (
+                same_padding(self.kernel_size, self.dilation)
+                if self.stride == 1
+                else strided_padding(self.stride)
+            )
+        y = lax.conv_general_dilated(
+            x.astype(self.dtype),
+            kernel.astype(self.dtype),
+            window_strides=(self.stride,),
+            padding=(pad,),
+            rhs_dilation=(self.dilation,),
+            dimension_numbers=_CONV1D,
+        )
+        bias = _bias(self, self.features, self.use_bias)
+        return y if bias is None else y + bias.astype(self.dtype)
+
+
+class WNConvTranspose1d(nn.Module):
+    """Weight-normalized transposed 1-D convolution (upsampling) mapping T -> T * stride exactly.
+
+    Implemented as a stride-1 convolution of the input dilated by `stride` (zeros between
+    samples). With kernel 2*stride and crop (left, right) = strided_padding(stride) the output
+    has (T - 1) * s + 2s - s = T * s samples.
+    """
+
+    features: int
+    stride: int
+    kernel_size: int | None = None  # default 2 * stride
+    use_bias: bool = True
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        k = self.kernel_size or 2 * self.stride
+        kernel = _weight_norm_params(self, (k, x.shape[-1], self.features), _KERNEL_1D)
+        crop_left, crop_right = strided_padding(self.stride)
+        extra = k - 2 * self.stride  # other kernel sizes: keep T * stride by cropping more
+        pad = (k - 1 - crop_left, k - 1 - crop_right - extra)
+        y = lax.conv_general_dilated(
+            x.astype(self.dtype),
+            kernel.astype(self.dtype),
+            window_strides=(1,),
+            padding=(pad,),
+            lhs_dilation=(self.stride,),
+            dimension_numbers=_CONV1D,
+        )
+        bias = _bias(self, self.features, self.use_bias)
+        return y if bias is None else y + bias.astype(self.dtype)
+
+
+class WNConv2d(nn.Module):
+    """Weight-normalized 2-D convolution (discriminators), NHWC, explicit or "same" padding."""
+
+    features: int
+    kernel_size: Sequence[int]
+    strides: Sequence[int] = (1, 1)
+    padding: Sequence[tuple[int, int]] | None = None
+    use_bias: bool = True
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        kh, kw = self.kernel_size
+        kernel = _weight_norm_params(self, (kh, kw, x.shape[-1], self.features), _KERNEL_2D)
+        pad = self.padding
+        if pad is None:
+            pad = (same_padding(kh), same_padding(kw))
+        y = lax.conv_general_dilated(
+            x.astype(self.dtype),
+            kernel.astype(self.dtype),
+            window_strides=tuple(self.strides),
+            padding=tuple(pad),
+            dimension_numbers=_CONV2D,
+        )
+        bias = _bias(self, self.features, self.use_bias)
+        return y if bias is None else y + bias.astype(self.dtype)
+
+
+class Snake(nn.Module):
+    """Snake activation x + sin(alpha x)^2 / alpha with a learned alpha per channel.
+
+    Periodic inductive bias for audio (Ziyin et al. 2020, used by BigVGAN / DAC). The 1e-9
+    keeps the division finite when an alpha reaches zero.
+    """
+
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        alpha = self.param(
+            "alpha",
+            nn.with_logical_partitioning(nn.initializers.ones, ("channels",)),
+            (x.shape[-1],),
+            jnp.float32,
+        ).astype(self.dtype)
+        x = x.astype(self.dtype)
+        return x + jnp.reciprocal(alpha + 1e-9) * jnp.square(jnp.sin(alpha * x))

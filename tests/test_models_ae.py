@@ -1,0 +1,233 @@
+"""Stage-1 model tests: shapes and frame rates, bottleneck statistics and noise, parameter
+partitioning, receptive field, discriminators. Small widths so the file runs in seconds."""
+
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from f3_jax import parallel
+from f3_jax.config import autoencoder_defaults
+from f3_jax.models.autoencoder import Autoencoder, Decoder, Encoder, receptive_field
+from f3_jax.models.bottleneck import NormalizedNoisyBottleneck
+from f3_jax.models.discriminators import Discriminators
+from f3_jax.models.layers import WNConv1d
+
+
+def small_config(strides=(2, 4, 6, 10), sample_rate=24000, **bottleneck):
+    c = autoencoder_defaults()
+    c.sample_rate = sample_rate
+    c.model.channels = 4
+    c.model.channel_mults = (1,) * (len(strides) + 1)
+    c.model.strides = tuple(strides)
+    c.model.hop = math.prod(strides)
+    c.model.latent_dim = 8
+    c.model.dilations = (1, 3)
+    for k, v in bottleneck.items():
+        c.bottleneck[k] = v
+    return c
+
+
+def init(model, length, batch=2):
+    return model.init(
+        {"params": jax.random.key(0), "noise": jax.random.key(1)}, jnp.zeros((batch, length))
+    )
+
+
+@pytest.mark.parametrize(
+    "strides,sample_rate,rate", [((2, 4, 6, 10), 24000, 50), ((2, 4, 5, 8), 16000, 50)]
+)
+def test_frame_rate_and_lengths(strides, sample_rate, rate):
+    c = small_config(strides, sample_rate)
+    model = Autoencoder.from_config(c)
+    assert model.hop * rate == sample_rate
+    wav = jax.random.normal(jax.random.key(0), (2, sample_rate // 10))
+    variables = init(model, wav.shape[1])
+    out = model.apply(variables, wav)
+    assert out["z"].shape == (2, rate // 10, 8)
+    assert out["wav"].shape == wav.shape
+    z = jnp.ones((1, 3, 8))
+    assert model.apply(variables, z, method=Autoencoder.decode).shape == (1, 3 * model.hop)
+
+
+@pytest.mark.parametrize("strides", [(3,), (2, 5), (4, 3)])
+def test_encoder_decoder_exact_lengths(strides):
+    hop = math.prod(strides)
+    enc = Encoder(4, (1,) * (len(strides) + 1), strides, 6, dilations=(1,))
+    dec = Decoder(4, (1,) * (len(strides) + 1), strides, dilations=(1,))
+    x = jnp.zeros((1, 7 * hop))
+    h, _ = enc.init_with_output(jax.random.key(0), x)
+    assert h.shape == (1, 7, 6)
+    y, _ = dec.init_with_output(jax.random.key(0), h)
+    assert y.shape == (1, 7 * hop)
+    with pytest.raises(ValueError):
+        enc.init(jax.random.key(0), jnp.zeros((1, 7 * hop + 1)))
+
+
+def test_weight_norm_gain_starts_at_norm():
+    variables = WNConv1d(5, 3).init(jax.random.key(0), jnp.zeros((1, 8, 4)))
+    p = nn.unbox(variables["params"])
+    np.testing.assert_allclose(p["g"], np.linalg.norm(p["v"].reshape(-1, 5), axis=0), rtol=1e-6)
+
+
+def test_every_parameter_is_logically_partitioned():
+    c = small_config((2, 3), sample_rate=600, norm="batch")
+    for tree in (
+        init(Autoencoder.from_config(c), 60),
+        Discriminators.from_config(c).init(jax.random.key(0), jnp.zeros((1, 1100))),
+    ):
+        leaves = jax.tree.leaves(tree, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
+        assert leaves
+        for leaf in leaves:
+            assert isinstance(leaf, nn.LogicallyPartitioned), leaf
+            assert len(leaf.names) == leaf.value.ndim
+            assert set(leaf.names) <= set(parallel.LOGICAL_AXES), leaf.names
+            assert leaf.value.dtype == jnp.float32
+
+
+def test_bfloat16_compute_keeps_float32_params():
+    c = small_config((2, 3))
+    c.compute_dtype = "bfloat16"
+    model = Autoencoder.from_config(c)
+    variables = init(model, 60)
+    assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(nn.unbox(variables)))
+    out = model.apply(variables, jnp.ones((2, 60)))
+    assert out["wav"].dtype == jnp.bfloat16 and out["wav"].shape == (2, 60)
+
+
+def bottleneck_apply(norm="layer", noise="uniform", train=True, h=None, batch=512, **kw):
+    module = NormalizedNoisyBottleneck(16, norm=norm, noise=noise, **kw)
+    if h is None:
+        h = 3.0 + 2.0 * jax.random.normal(jax.random.key(5), (batch, 4, 16))
+    variables = module.init({"params": jax.random.key(0), "noise": jax.random.key(1)}, h)
+    mutable = ["batch_stats"] if norm == "batch" else False
+    out = module.apply(
+        variables, h, train=train, rngs={"noise": jax.random.key(2)}, mutable=mutable
+    )
+    return (out, variables) if norm != "batch" else (out[0], out[1])
+
+
+def test_layer_norm_latents_zero_mean_unit_rms_per_frame():
+    (z, z_noisy, sigma), _ = bottleneck_apply("layer", "none", train=False)
+    np.testing.assert_allclose(jnp.mean(z, -1), 0.0, atol=1e-5)
+    np.testing.assert_allclose(jnp.sqrt(jnp.mean(z**2, -1)), 1.0, atol=1e-3)
+    assert jnp.array_equal(z, z_noisy) and jnp.all(sigma == 0)
+
+
+def test_batch_norm_train_and_running_stats():
+    module = NormalizedNoisyBottleneck(16, norm="batch", noise="none", momentum=0.5)
+    h = 3.0 + 2.0 * jax.random.normal(jax.random.key(5), (64, 8, 16))
+    variables = module.init(jax.random.key(0), h)
+    assert set(variables) == {"params", "batch_stats"}
+    (z, _, _), updates = module.apply(variables, h, train=True, mutable=["batch_stats"])
+    np.testing.assert_allclose(jnp.mean(z, (0, 1)), 0.0, atol=1e-4)
+    np.testing.assert_allclose(jnp.std(z, (0, 1)), 1.0, atol=1e-3)
+    stats = nn.unbox(updates["batch_stats"])
+    assert not np.allclose(stats["mean"], 0.0)  # moved halfway towards the batch mean
+    # inference uses the running statistics: a different batch is not re-centered.
+    variables = {**variables, "batch_stats": updates["batch_stats"]}
+    z_eval, z_eval_noisy, _ = module.apply(variables, h[:1], train=False)
+    assert jnp.array_equal(z_eval, z_eval_noisy)
+    z_eval2, _, _ = module.apply(variables, h[:1] + 10.0, train=False)
+    assert not np.allclose(jnp.mean(z_eval2), jnp.mean(z_eval), atol=0.5)
+
+
+def test_noise_only_in_training_and_deterministic_inference():
+    h = jax.random.normal(jax.random.key(5), (8, 4, 16))
+    (z, z_noisy, sigma), _ = bottleneck_apply("layer", "uniform", train=False, h=h)
+    assert jnp.array_equal(z, z_noisy) and jnp.all(sigma == 0)
+    (z2, _, _), _ = bottleneck_apply("layer", "uniform", train=False, h=h)
+    assert jnp.array_equal(z, z2)
+    (zt, zt_noisy, sigma), _ = bottleneck_apply("layer", "uniform", train=True, h=h)
+    assert jnp.allclose(zt, z, atol=1e-6)
+    assert not jnp.allclose(zt_noisy, zt)
+    # the noise of each example has the scale of its own sigma.
+    per_example = jnp.std(zt_noisy - zt, axis=(1, 2))
+    np.testing.assert_allclose(per_example, sigma, rtol=0.35, atol=0.02)
+
+
+def test_sigma_distributions():
+    (_, _, s), _ = bottleneck_apply("layer", "uniform", noise_max=0.5, batch=4096)
+    assert s.shape == (4096,) and float(s.min()) >= 0.0 and float(s.max()) <= 0.5
+    assert abs(float(s.mean()) - 0.25) < 0.015 and len(np.unique(s)) > 4000
+    (_, _, s), _ = bottleneck_apply("layer", "half_normal", noise_scale=0.3, batch=4096)
+    assert float(s.min()) >= 0.0
+    assert abs(float(s.mean()) - 0.3 * math.sqrt(2 / math.pi)) < 0.015
+    (z, z_noisy, s), _ = bottleneck_apply("layer", "none", batch=16)
+    assert jnp.all(s == 0) and jnp.array_equal(z, z_noisy)
+
+
+def test_autoencoder_train_call_shapes():
+    c = small_config((2, 3))
+    model = Autoencoder.from_config(c)
+    variables = init(model, 60)
+    out = model.apply(variables, jnp.ones((3, 60)), train=True, rngs={"noise": jax.random.key(3)})
+    assert out["sigma"].shape == (3,) and out["z_noisy"].shape == (3, 10, 8)
+    c = small_config((2, 3), norm="batch")
+    model = Autoencoder.from_config(c)
+    variables = init(model, 60)
+    out, upd = model.apply(
+        variables,
+        jnp.ones((3, 60)),
+        train=True,
+        rngs={"noise": jax.random.key(3)},
+        mutable=["batch_stats"],
+    )
+    assert "batch_stats" in upd and out["wav"].shape == (3, 60)
+
+
+def test_receptive_field_bounds_dependence():
+    c = small_config((2, 3), sample_rate=600)
+    c.bottleneck.noise = "none"
+    model = Autoencoder.from_config(c)
+    hop = model.hop
+    enc_rf, dec_rf = receptive_field(c)
+    frames = 2 * (enc_rf // hop) + 12
+    variables = init(model, frames * hop, batch=1)
+    wav = jax.random.normal(jax.random.key(1), (1, frames * hop))
+    t = frames // 2
+    encode = jax.jit(lambda w: model.apply(variables, w, method=Autoencoder.encode)["z"])
+    z = encode(wav)
+    far = (np.arange(frames * hop) < t * hop - enc_rf) | (
+        np.arange(frames * hop) >= (t + 1) * hop + enc_rf
+    )
+    z_far = encode(jnp.where(far, 5.0 * jax.random.normal(jax.random.key(9), wav.shape), wav))
+    np.testing.assert_allclose(z_far[0, t], z[0, t], atol=1e-5)
+    assert not np.allclose(z_far[0, 0], z[0, 0], atol=1e-3)  # the far part did change things
+    # just inside the field the frame does change: the bound is not wildly loose.
+    near = np.zeros(frames * hop, bool)
+    near[t * hop - enc_rf // 3] = True
+    assert not np.allclose(encode(jnp.where(near, 3.0, wav))[0, t], z[0, t], atol=1e-6)
+
+    decode = jax.jit(lambda zz: model.apply(variables, zz, method=Autoencoder.decode))
+    y = decode(z)
+    s = t * hop + hop // 2
+    far_frames = np.abs(np.arange(frames) - t) > dec_rf
+    z_mod = jnp.where(far_frames[None, :, None], -z, z)
+    np.testing.assert_allclose(decode(z_mod)[0, s], y[0, s], atol=1e-5)
+
+
+def test_discriminators_outputs():
+    c = autoencoder_defaults()
+    c.discriminator.mpd_channels = 2
+    c.discriminator.mpd_max_channels = 8
+    c.discriminator.stft_channels = 2
+    c.discriminator.stft_fft_sizes = (256, 128)
+    disc = Discriminators.from_config(c)
+    wav = jax.random.normal(jax.random.key(0), (2, 2400))
+    outputs, _ = disc.init_with_output(jax.random.key(1), wav)
+    assert len(outputs) == 5 + 2
+    for (logits, feats), p in zip(outputs[:5], (2, 3, 5, 7, 11)):
+        assert logits.shape[0] == 2 and logits.shape[2] == p and logits.shape[3] == 1
+        assert len(feats) == 5 and all(f.shape[2] == p for f in feats)
+        assert feats[-1].shape[1] == logits.shape[1]
+    for (logits, feats), n in zip(outputs[5:], (256, 128)):
+        frames = 1 + 2400 // (n // 4)
+        assert logits.shape[:2] == (2, frames) and logits.shape[3] == 1
+        assert len(feats) == 4 * 5 and all(f.shape[1] == frames for f in feats)
+    c.discriminator.use_mpd = False
+    outputs, _ = Discriminators.from_config(c).init_with_output(jax.random.key(1), wav)
+    assert len(outputs) == 2
