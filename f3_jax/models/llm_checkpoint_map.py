@@ -157,7 +157,9 @@ def file_shape(spec: TensorSpec) -> tuple[int, ...]:
     return (n_out, int(np.prod(spec.shape[: spec.n_in])))
 
 
-def to_param(array: np.ndarray, spec: TensorSpec, name: str, file: str, dtype: str) -> np.ndarray:
+def to_param(
+    array: np.ndarray, file: str, *, spec: TensorSpec, name: str, dtype: str
+) -> np.ndarray:
     """File tensor -> Flax parameter of `dtype`; stops with a message naming the tensor."""
     if not jnp.issubdtype(array.dtype, jnp.floating):
         raise LLMLoadError(

@@ -61,9 +61,9 @@ class GGUFFile:
             num_heads=heads,
             num_kv_heads=int(self.arch_field("attention.head_count_kv", heads)),
             head_dim=head_dim,
-            rope_theta=float(self.arch_field("rope.freq_base", 10000.0)),
+            rope_theta=_f32(self.arch_field("rope.freq_base", 10000.0)),
             rope_scaling=scaling,
-            rms_norm_eps=float(self.arch_field("attention.layer_norm_rms_epsilon")),
+            rms_norm_eps=_f32(self.arch_field("attention.layer_norm_rms_epsilon")),
             tie_word_embeddings="output.weight" not in self.tensors,
             attention_bias="blk.0.attn_q.bias" in self.tensors,
             attention_out_bias="blk.0.attn_output.bias" in self.tensors,
@@ -140,6 +140,11 @@ def permute_rows(w: np.ndarray, n_head: int) -> np.ndarray:
     head_dim = w.shape[0] // n_head
     rest = w.shape[1:]
     return w.reshape(n_head, 2, head_dim // 2, *rest).swapaxes(1, 2).reshape(w.shape)
+
+
+def _f32(value) -> float:
+    """GGUF stores floats as float32: 1e-5 reads back as 9.99999974e-06; print it back short."""
+    return float(f"{np.float32(value):.7g}")
 
 
 def _opt_int(value) -> int | None:

@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 import flax.linen as nn
 import jax
+import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from safetensors import safe_open
 
@@ -59,20 +60,25 @@ def load_llm(
         raise FileNotFoundError(f"no LLM weights at {path!r} (GGUF file or HF model directory)")
     gf = GGUFFile(path)
     config = gf.config(dtype)
-    params = _place(config, gf.names(), gf.tensor, "gguf", path, mesh, param_dtype)
+    params = _place(
+        config, gf.names(), lambda n: (gf.tensor(n), path), "gguf", path, mesh, param_dtype
+    )
     return config, params, gf.tokenizer()
 
 
 def _place(
     config: LLMConfig,
     names: set[str],
-    read: Callable[[str], object],
+    read: Callable[[str], tuple[np.ndarray, str]],
     naming: str,
     file: str,
     mesh: Mesh | None,
     param_dtype: str,
 ) -> dict:
-    """Reads every planned tensor, converts it and puts it on its sharding; checks names."""
+    """Reads every planned tensor, converts it and puts it on its sharding; checks names.
+
+    `read(name)` returns the tensor and the file it came from (named in error messages).
+    """
     plan = tensor_plan(config)
     wanted = {getattr(s, naming) for s in plan}
     missing = sorted(wanted - names)
@@ -91,7 +97,7 @@ def _place(
     tree: dict = {}
     for spec in plan:
         name = getattr(spec, naming)
-        value = to_param(read(name), spec, name, file, param_dtype)
+        value = to_param(*read(name), spec=spec, name=name, dtype=param_dtype)
         sharding = None
         if mesh is not None:
             box = boxes[spec.path]
@@ -177,9 +183,11 @@ def _load_hf(directory: str, mesh, param_dtype: str, dtype: str):
     files = _safetensors_files(directory)
     where: dict[str, str] = {}
     for file in files:
-        with safe_open(file, framework="numpy") as f:
-            for name in f.keys():
-                where[name] = file
+        try:
+            with safe_open(file, framework="numpy") as f:
+                where.update(dict.fromkeys(f.keys(), file))
+        except Exception as e:  # SafetensorError on a bad header or truncated file
+            raise LLMLoadError(f"{file}: not a readable safetensors file ({e})") from e
     handles = {}
 
     def read(name: str):
@@ -187,7 +195,7 @@ def _load_hf(directory: str, mesh, param_dtype: str, dtype: str):
         if file not in handles:
             handles[file] = safe_open(file, framework="numpy")
         try:
-            return handles[file].get_tensor(name)
+            return handles[file].get_tensor(name), file
         except Exception as e:
             raise LLMLoadError(f"{file}: cannot read tensor {name!r} ({e})") from e
 
