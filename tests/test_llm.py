@@ -15,14 +15,10 @@ from tests.llm_fixtures import random_params, tiny_config
 IDS = np.array([[5, 40, 77, 3, 120, 9, 200, 31]], np.int32)
 
 
-@pytest.fixture(scope="module", params=["llama", "qwen2", "qwen3"])
-def model(request):
-    extra = {
-        "llama": {},
-        "qwen2": {"attention_bias": True, "tie_word_embeddings": False},
-        "qwen3": {"qk_norm": True},
-    }[request.param]
-    config = tiny_config(**extra)
+@pytest.fixture(scope="module")
+def model():
+    """Every optional feature at once: q/k/v biases (Qwen2), q/k norms (Qwen3), untied head."""
+    config = tiny_config(attention_bias=True, qk_norm=True, tie_word_embeddings=False)
     return config, random_params(config)
 
 
