@@ -31,6 +31,9 @@ class F3DemoCorpus(tfds.core.GeneratorBasedBuilder):
 
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "First version."}
+    # No checksums or metadata files next to the code; finding the code's directory imports
+    # importlib_resources, which tensorflow-datasets does not always pull in.
+    code_path = None
 
     def __init__(self, *, source_dir: str | None = None, **kwargs):
         self._source_dir = source_dir
