@@ -7,6 +7,7 @@ import jax
 import numpy as np
 import pytest
 
+from f3_jax.models.llm import main as llm_main
 from f3_jax.models.llm_checkpoint_map import LLMLoadError
 from f3_jax.models.llm_loaders import load_llm
 from tests.llm_fixtures import (
@@ -175,3 +176,11 @@ def test_corrupt_files_fail_clearly(tmp_path):
         load_llm(directory)
     with pytest.raises(FileNotFoundError, match="no LLM weights"):
         load_llm(str(tmp_path / "nowhere"))
+
+
+def test_check_tool_prints_continuation_and_load_time(tmp_path, capsys):
+    config = tiny_config()
+    directory = write_hf_dir(str(tmp_path / "hf"), config, random_params(config))
+    llm_main(["--weights", directory, "--prompt", "the", "--max_new_tokens", "1"])
+    out = capsys.readouterr().out
+    assert out.startswith("the") and "load time:" in out

