@@ -126,8 +126,10 @@ class LLM(nn.Module):
         are appended to it and attend to everything cached.
 
         Returns {"logits": (B, S, V) float32 or None, "hidden": final-normed last hidden state,
-        "hidden_states": {i: residual stream after i layers (0 = embeddings; negative i count
-        from num_layers + 1, as in HF's hidden_states tuple)}, "cache": updated cache or None}.
+        "hidden_states": {i: residual stream after i layers, for each requested i (0 =
+        embeddings, num_layers = before the final norm; a negative request -k is keyed
+        num_layers + 1 - k, as indices into HF's hidden_states tuple)}, "cache": updated cache
+        or None}.
         """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
