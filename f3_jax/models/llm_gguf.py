@@ -18,13 +18,29 @@ SUPPORTED_ARCHS = ("llama", "qwen2", "qwen3")
 _PLAIN_TYPES = (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16)
 
 
+class _PlainViewReader(gguf.GGUFReader):
+    """GGUFReader over a plain ndarray view of its memory map.
+
+    Same bytes, still memory-mapped, but slicing skips np.memmap's per-slice Python overhead,
+    which dominates parsing a 50k-token vocabulary (about 2x faster loading of SmolLM2).
+    """
+
+    @property
+    def data(self) -> np.ndarray:
+        return self._plain_data
+
+    @data.setter
+    def data(self, value: np.ndarray) -> None:
+        self._plain_data = value.view(np.ndarray)
+
+
 class GGUFFile:
     """One open GGUF file (memory-mapped)."""
 
     def __init__(self, path: str):
         self.path = path
         try:
-            self.reader = gguf.GGUFReader(path)
+            self.reader = _PlainViewReader(path)
         except Exception as e:  # the gguf package raises bare ValueErrors on bad headers
             raise LLMLoadError(f"{path}: not a readable GGUF file ({e})") from e
         self.tensors = {t.name: t for t in self.reader.tensors}
