@@ -14,7 +14,7 @@ from f3_jax.config import autoencoder_defaults
 from f3_jax.models.autoencoder import Autoencoder, Decoder, Encoder, receptive_field
 from f3_jax.models.bottleneck import NormalizedNoisyBottleneck
 from f3_jax.models.discriminators import Discriminators
-from f3_jax.models.layers import WNConv1d
+from f3_jax.models.layers import WNConv1d, WNConvTranspose1d, strided_padding
 
 
 def small_config(strides=(2, 4, 6, 10), sample_rate=24000, **bottleneck):
@@ -32,9 +32,14 @@ def small_config(strides=(2, 4, 6, 10), sample_rate=24000, **bottleneck):
 
 
 def init(model, length, batch=2):
-    return model.init(
-        {"params": jax.random.key(0), "noise": jax.random.key(1)}, jnp.zeros((batch, length))
-    )
+    rngs = {"params": jax.random.key(0), "noise": jax.random.key(1)}
+    return jax.jit(model.init)(rngs, jnp.zeros((batch, length)))
+
+
+def abstract_init(model, length, batch=2):
+    """Shapes only: eval_shape traces without compiling, which keeps shape tests fast."""
+    rngs = {"params": jax.random.key(0), "noise": jax.random.key(1)}
+    return jax.eval_shape(model.init, rngs, jnp.zeros((batch, length)))
 
 
 @pytest.mark.parametrize(
@@ -44,13 +49,16 @@ def test_frame_rate_and_lengths(strides, sample_rate, rate):
     c = small_config(strides, sample_rate)
     model = Autoencoder.from_config(c)
     assert model.hop * rate == sample_rate
-    wav = jax.random.normal(jax.random.key(0), (2, sample_rate // 10))
-    variables = init(model, wav.shape[1])
-    out = model.apply(variables, wav)
+    wav = jnp.zeros((2, sample_rate // 10))
+    variables = abstract_init(model, wav.shape[1])
+    out = jax.eval_shape(model.apply, variables, wav)
     assert out["z"].shape == (2, rate // 10, 8)
     assert out["wav"].shape == wav.shape
     z = jnp.ones((1, 3, 8))
-    assert model.apply(variables, z, method=Autoencoder.decode).shape == (1, 3 * model.hop)
+    decoded = jax.eval_shape(
+        lambda v, z: model.apply(v, z, method=Autoencoder.decode), variables, z
+    )
+    assert decoded.shape == (1, 3 * model.hop)
 
 
 @pytest.mark.parametrize("strides", [(3,), (2, 5), (4, 3)])
@@ -59,12 +67,12 @@ def test_encoder_decoder_exact_lengths(strides):
     enc = Encoder(4, (1,) * (len(strides) + 1), strides, 6, dilations=(1,))
     dec = Decoder(4, (1,) * (len(strides) + 1), strides, dilations=(1,))
     x = jnp.zeros((1, 7 * hop))
-    h, _ = enc.init_with_output(jax.random.key(0), x)
+    h, _ = jax.eval_shape(enc.init_with_output, jax.random.key(0), x)
     assert h.shape == (1, 7, 6)
-    y, _ = dec.init_with_output(jax.random.key(0), h)
+    y, _ = jax.eval_shape(dec.init_with_output, jax.random.key(0), h)
     assert y.shape == (1, 7 * hop)
     with pytest.raises(ValueError):
-        enc.init(jax.random.key(0), jnp.zeros((1, 7 * hop + 1)))
+        jax.eval_shape(enc.init, jax.random.key(0), jnp.zeros((1, 7 * hop + 1)))
 
 
 def test_weight_norm_gain_starts_at_norm():
@@ -76,14 +84,14 @@ def test_weight_norm_gain_starts_at_norm():
 def test_every_parameter_is_logically_partitioned():
     c = small_config((2, 3), sample_rate=600, norm="batch")
     for tree in (
-        init(Autoencoder.from_config(c), 60),
-        Discriminators.from_config(c).init(jax.random.key(0), jnp.zeros((1, 1100))),
+        abstract_init(Autoencoder.from_config(c), 60),
+        jax.eval_shape(Discriminators.from_config(c).init, jax.random.key(0), jnp.zeros((1, 1100))),
     ):
         leaves = jax.tree.leaves(tree, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
         assert leaves
         for leaf in leaves:
             assert isinstance(leaf, nn.LogicallyPartitioned), leaf
-            assert len(leaf.names) == leaf.value.ndim
+            assert len(leaf.names) == len(leaf.value.shape)
             assert set(leaf.names) <= set(parallel.LOGICAL_AXES), leaf.names
             assert leaf.value.dtype == jnp.float32
 
@@ -92,9 +100,9 @@ def test_bfloat16_compute_keeps_float32_params():
     c = small_config((2, 3))
     c.compute_dtype = "bfloat16"
     model = Autoencoder.from_config(c)
-    variables = init(model, 60)
+    variables = abstract_init(model, 60)
     assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(nn.unbox(variables)))
-    out = model.apply(variables, jnp.ones((2, 60)))
+    out = jax.eval_shape(model.apply, variables, jnp.ones((2, 60)))
     assert out["wav"].dtype == jnp.bfloat16 and out["wav"].shape == (2, 60)
 
 
@@ -102,11 +110,14 @@ def bottleneck_apply(norm="layer", noise="uniform", train=True, h=None, batch=51
     module = NormalizedNoisyBottleneck(16, norm=norm, noise=noise, **kw)
     if h is None:
         h = 3.0 + 2.0 * jax.random.normal(jax.random.key(5), (batch, 4, 16))
-    variables = module.init({"params": jax.random.key(0), "noise": jax.random.key(1)}, h)
+    variables = jax.jit(module.init)({"params": jax.random.key(0), "noise": jax.random.key(1)}, h)
     mutable = ["batch_stats"] if norm == "batch" else False
-    out = module.apply(
-        variables, h, train=train, rngs={"noise": jax.random.key(2)}, mutable=mutable
+    apply = jax.jit(
+        lambda v, h: module.apply(
+            v, h, train=train, rngs={"noise": jax.random.key(2)}, mutable=mutable
+        )
     )
+    out = apply(variables, h)
     return (out, variables) if norm != "batch" else (out[0], out[1])
 
 
@@ -163,51 +174,53 @@ def test_sigma_distributions():
 def test_autoencoder_train_call_shapes():
     c = small_config((2, 3))
     model = Autoencoder.from_config(c)
-    variables = init(model, 60)
-    out = model.apply(variables, jnp.ones((3, 60)), train=True, rngs={"noise": jax.random.key(3)})
+    variables = abstract_init(model, 60)
+    out = jax.eval_shape(
+        lambda v, x: model.apply(v, x, train=True, rngs={"noise": jax.random.key(3)}),
+        variables,
+        jnp.ones((3, 60)),
+    )
     assert out["sigma"].shape == (3,) and out["z_noisy"].shape == (3, 10, 8)
     c = small_config((2, 3), norm="batch")
     model = Autoencoder.from_config(c)
-    variables = init(model, 60)
-    out, upd = model.apply(
-        variables,
-        jnp.ones((3, 60)),
-        train=True,
-        rngs={"noise": jax.random.key(3)},
-        mutable=["batch_stats"],
+    variables = abstract_init(model, 60)
+    train = lambda v, x: model.apply(
+        v, x, train=True, rngs={"noise": jax.random.key(3)}, mutable=["batch_stats"]
     )
+    out, upd = jax.eval_shape(train, variables, jnp.ones((3, 60)))
     assert "batch_stats" in upd and out["wav"].shape == (3, 60)
 
 
 def test_receptive_field_bounds_dependence():
+    """Samples (frames) beyond half the receptive field from a frame (sample) never reach it."""
     c = small_config((2, 3), sample_rate=600)
     c.bottleneck.noise = "none"
     model = Autoencoder.from_config(c)
     hop = model.hop
     enc_rf, dec_rf = receptive_field(c)
-    frames = 2 * (enc_rf // hop) + 12
+    frames = max(enc_rf // hop, dec_rf) + 8
     variables = init(model, frames * hop, batch=1)
-    wav = jax.random.normal(jax.random.key(1), (1, frames * hop))
+    wav = jax.random.normal(jax.random.key(1), (3, frames * hop))
     t = frames // 2
-    encode = jax.jit(lambda w: model.apply(variables, w, method=Autoencoder.encode)["z"])
-    z = encode(wav)
-    far = (np.arange(frames * hop) < t * hop - enc_rf) | (
-        np.arange(frames * hop) >= (t + 1) * hop + enc_rf
-    )
-    z_far = encode(jnp.where(far, 5.0 * jax.random.normal(jax.random.key(9), wav.shape), wav))
-    np.testing.assert_allclose(z_far[0, t], z[0, t], atol=1e-5)
-    assert not np.allclose(z_far[0, 0], z[0, 0], atol=1e-3)  # the far part did change things
-    # just inside the field the frame does change: the bound is not wildly loose.
-    near = np.zeros(frames * hop, bool)
-    near[t * hop - enc_rf // 3] = True
-    assert not np.allclose(encode(jnp.where(near, 3.0, wav))[0, t], z[0, t], atol=1e-6)
+    # variables as arguments (not closed-over constants): XLA compiles this much faster.
+    encode = jax.jit(lambda v, w: model.apply(v, w, method=Autoencoder.encode)["z"])
+    decode = jax.jit(lambda v, z: model.apply(v, z, method=Autoencoder.decode))
+    pos = np.arange(frames * hop)
+    far = (pos < t * hop - enc_rf // 2) | (pos >= (t + 1) * hop + enc_rf // 2)
+    near = pos == t * hop - enc_rf // 4
+    other = 5.0 * jax.random.normal(jax.random.key(9), wav.shape[1:])
+    batch = jnp.stack([wav[0], jnp.where(far, other, wav[0]), jnp.where(near, 3.0, wav[0])])
+    z = encode(variables, batch)
+    np.testing.assert_allclose(z[1, t], z[0, t], atol=1e-5)
+    assert not np.allclose(z[1, 0], z[0, 0], atol=1e-3)  # the far change did reach other frames
+    assert not np.allclose(z[2, t], z[0, t], atol=1e-6)  # and the bound is not wildly loose
 
-    decode = jax.jit(lambda zz: model.apply(variables, zz, method=Autoencoder.decode))
-    y = decode(z)
+    far_frames = np.abs(np.arange(frames) - t) > dec_rf // 2
+    z_mod = jnp.where(far_frames[None, :, None], -z[:1], z[:1])
+    y = decode(variables, jnp.concatenate([z[:1], z_mod]))
     s = t * hop + hop // 2
-    far_frames = np.abs(np.arange(frames) - t) > dec_rf
-    z_mod = jnp.where(far_frames[None, :, None], -z, z)
-    np.testing.assert_allclose(decode(z_mod)[0, s], y[0, s], atol=1e-5)
+    np.testing.assert_allclose(y[1, s], y[0, s], atol=1e-5)
+    assert not np.allclose(y[1], y[0], atol=1e-3)
 
 
 def test_discriminators_outputs():
@@ -218,7 +231,7 @@ def test_discriminators_outputs():
     c.discriminator.stft_fft_sizes = (256, 128)
     disc = Discriminators.from_config(c)
     wav = jax.random.normal(jax.random.key(0), (2, 2400))
-    outputs, _ = disc.init_with_output(jax.random.key(1), wav)
+    outputs, _ = jax.eval_shape(disc.init_with_output, jax.random.key(1), wav)
     assert len(outputs) == 5 + 2
     for (logits, feats), p in zip(outputs[:5], (2, 3, 5, 7, 11)):
         assert logits.shape[0] == 2 and logits.shape[2] == p and logits.shape[3] == 1
@@ -229,5 +242,23 @@ def test_discriminators_outputs():
         assert logits.shape[:2] == (2, frames) and logits.shape[3] == 1
         assert len(feats) == 4 * 5 and all(f.shape[1] == frames for f in feats)
     c.discriminator.use_mpd = False
-    outputs, _ = Discriminators.from_config(c).init_with_output(jax.random.key(1), wav)
+    disc = Discriminators.from_config(c)
+    outputs, _ = jax.eval_shape(disc.init_with_output, jax.random.key(1), wav)
     assert len(outputs) == 2
+
+
+@pytest.mark.parametrize("stride", [2, 3, 5])
+def test_transposed_conv_matches_scatter_definition(stride):
+    layer = WNConvTranspose1d(3, stride)
+    x = jax.random.normal(jax.random.key(0), (1, 4, 2))
+    y, variables = layer.init_with_output(jax.random.key(1), x)
+    p = jax.tree.map(np.asarray, nn.unbox(variables["params"]))
+    w = p["g"] * p["v"] / np.linalg.norm(p["v"].reshape(-1, 3), axis=0)
+    left = strided_padding(stride)[0]
+    expected = np.zeros((4 * stride, 3)) + p["bias"]
+    for t in range(4):
+        for k in range(2 * stride):
+            m = t * stride + k - left
+            if 0 <= m < 4 * stride:
+                expected[m] += np.asarray(x[0, t]) @ w[k]
+    np.testing.assert_allclose(y[0], expected, atol=1e-5)
