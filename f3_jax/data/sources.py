@@ -19,7 +19,6 @@ from collections.abc import Callable
 from typing import Any
 
 import grain
-import numpy as np
 
 from f3_jax.data import records
 from f3_jax.data.dataset_info import INFO_NAME, read_info
@@ -137,7 +136,3 @@ def open_split(data_cfg, split: str, sample_rate: int) -> SplitSource:
     if data_cfg.source == "tfds":
         return _tfds_split(data_cfg.tfds_name, data_cfg.tfds_data_dir, split, sample_rate)
     raise DataError(f"data.source={data_cfg.source!r}: use 'array_record' or 'tfds'")
-
-
-def label_vector(u: records.Utterance, names: tuple[str, ...]) -> np.ndarray:
-    return np.array([u.labels.get(n, np.nan) for n in names], dtype=np.float32)
