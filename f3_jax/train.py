@@ -126,10 +126,12 @@ def train(config, workdir: str) -> None:
     )
 
     ckpt = checkpoint.Checkpointer(workdir, keep=train_t.keep_checkpoints)
-    state, start = trainer.initial_state(), ckpt.latest_step() or 0
+    start = ckpt.latest_step() or 0
     if start:
         logging.info("resuming from %s/%d", ckpt.directory, start)
         state = ckpt.restore(start, trainer.abstract_state(), data_iter)
+    else:
+        state = trainer.initial_state()
 
     writer = SummaryWriter(os.path.join(workdir, "train"))
     if start == 0:

@@ -44,8 +44,7 @@ class AutoencoderTrainer:
         self.gen_lr = common.learning_rate_schedule(o.gen_lr, o.warmup_steps, t.steps, o.schedule)
         self.uses_batch_stats = config.bottleneck.norm == "batch"
         self.crop = round(config.data.crop_seconds * config.sample_rate)
-        self.state, self.shardings = common.sharded_init(self._boxed_state, mesh)
-        self._abstract = jax.eval_shape(lambda: self.state)
+        self._abstract, self.shardings = common.state_layout(self._boxed_state, mesh)
         self._compile()
 
     # ---- state -------------------------------------------------------------------------
@@ -70,7 +69,8 @@ class AutoencoderTrainer:
         }
 
     def initial_state(self) -> dict:
-        return self.state
+        """A freshly initialized state on this mesh (compiled on first use)."""
+        return common.sharded_init(self._boxed_state, self.mesh, self.shardings)
 
     def abstract_state(self) -> dict:
         """The state's shapes on this mesh's shardings: the target of a restore."""

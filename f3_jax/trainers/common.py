@@ -55,18 +55,22 @@ def ema_update(ema, params, decay: float):
     return jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, ema, params)
 
 
-def sharded_init(make_boxed_state: Callable[[], dict], mesh) -> tuple[dict, dict]:
-    """Builds a state directly on its shardings; returns (state, shardings).
+def state_layout(make_boxed_state: Callable[[], dict], mesh) -> tuple[dict, dict]:
+    """(abstract state, shardings) from tracing alone: nothing is computed or compiled.
 
     `make_boxed_state` returns the state with `nn.LogicallyPartitioned` parameter boxes; the
-    boxes decide the shardings and are stripped from the state itself.
+    boxes decide the shardings and are stripped from the abstract state.
     """
     abstract_boxed = jax.eval_shape(make_boxed_state)
     shardings = parallel.shardings_of(abstract_boxed, mesh)
+    return nn.unbox(abstract_boxed), shardings
+
+
+def sharded_init(make_boxed_state: Callable[[], dict], mesh, shardings) -> dict:
+    """Builds the state directly on its shardings (no device ever holds all of it)."""
     init = jax.jit(lambda: nn.unbox(make_boxed_state()), out_shardings=shardings)
     with jax.set_mesh(mesh):
-        state = init()
-    return state, shardings
+        return init()
 
 
 def abstract_like(state_shardings, abstract_state):
