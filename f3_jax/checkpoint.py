@@ -172,11 +172,12 @@ def write_export(workdir: str, variables: dict, config, step: int) -> None:
         return
     out = epath.Path(workdir) / EXPORT_DIR
     out.mkdir(parents=True, exist_ok=True)
-    tmp = out / "weights.safetensors.tmp"
-    save_file(_flat_params(variables), os.fspath(tmp))
-    tmp.rename(out / "weights.safetensors")
+    tmp = os.fspath(out / "weights.safetensors.tmp")
+    save_file(_flat_params(variables), tmp)
+    os.replace(tmp, os.fspath(out / "weights.safetensors"))
     record = config_record(config) | {"step": int(step)}
-    (out / "config.json").write_text(json.dumps(record, indent=1))
+    (out / "config.json.tmp").write_text(json.dumps(record, indent=1))
+    os.replace(os.fspath(out / "config.json.tmp"), os.fspath(out / "config.json"))
 
 
 def read_export(path: str) -> tuple[dict, ml_collections.ConfigDict, int]:

@@ -275,6 +275,22 @@ class AutoencoderTrainer:
                 state["gen"], state["disc"]["params"], _counters(state), batch
             )
 
+    def step_flops(self, state: dict, batch: dict, step: int) -> float:
+        """FLOPs of one train step (generator + discriminator) from XLA's cost analysis."""
+        on = self.adversarial_on(step)
+        batch = {k: batch[k] for k in BATCH_KEYS}
+        with jax.set_mesh(self.mesh):
+            args = (state["gen"], state["disc"]["params"], _counters(state), batch)
+            total = _cost_flops(self._gen_steps[on], *args)
+            if on:
+                wav = jax.ShapeDtypeStruct(batch["audio"].shape, jnp.float32)
+                total += _cost_flops(self._disc_step_jit, state["disc"], _counters(state), wav,
+                                     batch)
+        return total
+
+    def parameter_count(self) -> int:
+        return sum(int(x.size) for x in jax.tree.leaves(self._abstract["gen"]["params"]))
+
     def inference_variables(self, state: dict) -> dict:
         """Generator variables for eval and export: EMA weights when kept, else raw."""
         gen = state["gen"]
@@ -295,3 +311,9 @@ COUNTER_KEYS = ("step", "rng", "skipped_gen", "skipped_disc")
 
 def _counters(state: dict) -> dict:
     return {k: state[k] for k in COUNTER_KEYS}
+
+
+def _cost_flops(jitted, *args) -> float:
+    cost = jitted.lower(*args).compile().cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    return float(cost.get("flops", 0.0)) if cost else 0.0
