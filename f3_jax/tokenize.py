@@ -1,7 +1,9 @@
 """python -m f3_jax.tokenize encode IN.wav OUT.npy --workdir DIR
    python -m f3_jax.tokenize decode IN.npy OUT.wav --workdir DIR
 
-Audio files in any format f3_jax.data.audio_io reads; latents as (T, D) float32 .npy files.
+Audio files in any format f3_jax.data.audio_io reads (resampled to the model's rate); latents
+as (T, D) float32 .npy files. Decoding writes T * hop samples at the model's rate: encoding pads
+the input to whole frames, so a round trip is up to hop - 1 samples longer than the input.
 """
 
 from __future__ import annotations
@@ -17,17 +19,19 @@ from f3_jax.tokenizer import Tokenizer
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir (its export or checkpoints).")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest export).")
+_CHUNK = flags.DEFINE_integer("chunk_frames", 500, "Latent frames per window (memory vs speed).")
 
 USAGE = (
     "usage: python -m f3_jax.tokenize {encode IN.wav OUT.npy | decode IN.npy OUT.wav} --workdir DIR"
 )
 
 
-def main(argv) -> None:
+def main(argv: list[str]) -> None:
+    """Encodes or decodes one file; prints the shapes and the speed."""
     if len(argv) != 4 or argv[1] not in ("encode", "decode") or not _WORKDIR.value:
         sys.exit(USAGE)
     command, src, dst = argv[1:]
-    tok = Tokenizer.from_checkpoint(_WORKDIR.value, step=_STEP.value)
+    tok = Tokenizer.from_checkpoint(_WORKDIR.value, step=_STEP.value, chunk_frames=_CHUNK.value)
     start = time.perf_counter()
     if command == "encode":
         wav = load_audio(src, tok.sample_rate)
@@ -37,6 +41,8 @@ def main(argv) -> None:
         print(f"{src}: {seconds:.2f} s -> latents {z.shape} in {dst}")
     else:
         z = np.load(src, allow_pickle=False)
+        if z.ndim != 2 or z.shape[1] != tok.latent_dim:
+            sys.exit(f"{src}: latents of shape {z.shape}, expected (T, {tok.latent_dim})")
         wav = tok.decode(z)
         write_audio(dst, wav, tok.sample_rate)
         seconds = len(wav) / tok.sample_rate

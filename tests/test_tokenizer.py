@@ -1,0 +1,213 @@
+"""Tokenizer: chunked encode/decode equals one-shot processing; batching, resampling, loading, CLI.
+
+The model is the tiny 8 kHz config (hop 40) with random weights. Shapes are chosen so that the
+whole file compiles few programs (each costs seconds on CPU): a 180-frame input is 8 windows of
+34 (encoder) or 40 (decoder) frames, i.e. two batches of 4 windows.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import soundfile as sf
+import soxr
+from ae_fixtures import tiny_ae_config
+
+from f3_jax import checkpoint
+from f3_jax.models.autoencoder import Autoencoder
+from f3_jax.tokenizer import Tokenizer, plan_windows, window_lengths
+
+HOP = 40
+LONG_FRAMES = 180  # 8 windows with chunk_frames=24 (kept cores of 24 frames)
+CHUNK = 24
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def random_variables(config, seed: int = 0) -> dict:
+    """Random weights in the model's variable tree, drawn with numpy.
+
+    The tree comes from `init` under eval_shape (instant) rather than a real init (tens of
+    seconds on a loaded CPU). Biases and Snake alphas are random too: with zero biases,
+    zero-padding the input would look the same as padding inside the convolutions, and the
+    end-of-signal tests would not tell them apart.
+    """
+    model = Autoencoder.from_config(config)
+    rngs = {"params": jax.random.key(0), "noise": jax.random.key(1)}
+    shapes = nn.unbox(jax.eval_shape(model.init, rngs, jnp.zeros((1, HOP))))
+    rng = np.random.default_rng(seed)
+
+    def draw(path, leaf):
+        name = path[-1].key
+        if name in ("g", "alpha"):
+            return rng.uniform(0.5, 1.5, leaf.shape).astype(np.float32)
+        if name == "bias":
+            return (0.1 * rng.standard_normal(leaf.shape)).astype(np.float32)
+        fan_in = int(np.prod(leaf.shape[:-1])) or 1
+        return (rng.standard_normal(leaf.shape) / np.sqrt(fan_in)).astype(np.float32)
+
+    return jax.tree_util.tree_map_with_path(draw, shapes)
+
+
+@pytest.fixture(scope="module")
+def tok() -> Tokenizer:
+    config = tiny_ae_config()
+    return Tokenizer(config, random_variables(config), chunk_frames=CHUNK, batch_windows=4)
+
+
+@pytest.fixture(scope="module")
+def oneshot(tok):
+    """Whole-signal encode and decode with the plain model: the reference."""
+    enc = jax.jit(lambda v, x: tok.model.apply(v, x, method=Autoencoder.encode)["z"])
+    dec = jax.jit(lambda v, z: tok.model.apply(v, z, method=Autoencoder.decode))
+    return (
+        lambda wav: np.asarray(enc(tok.variables, wav[None]))[0],
+        lambda z: np.asarray(dec(tok.variables, z[None]))[0],
+    )
+
+
+def noise(n: int, seed: int) -> np.ndarray:
+    return (0.3 * np.random.default_rng(seed).standard_normal(n)).astype(np.float32)
+
+
+def latents(frames: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((frames, 8)).astype(np.float32)
+
+
+def test_window_plan_tiles_and_keeps_context():
+    lengths = window_lengths(24, 5)
+    assert lengths == [34, 22]
+    for total in [1, 21, 22, 33, 34, 35, 100, 180]:
+        windows = plan_windows(total, lengths, 5)
+        kept = np.concatenate([np.arange(w.keep_start, w.keep_end) for w in windows])
+        np.testing.assert_array_equal(kept, np.arange(total))  # each frame kept exactly once
+        for w in windows:
+            assert 0 <= w.start and w.start + w.length <= total
+            # context on each side, unless that side is the signal's own end
+            assert w.keep_start - w.start >= 5 or w.start == 0
+            assert w.start + w.length - w.keep_end >= 5 or w.start + w.length == total
+        assert len({w.length for w in windows}) == 1
+
+
+def test_context_covers_receptive_field(tok, oneshot):
+    """Changing inputs outside the context leaves a frame's output bit-for-bit unchanged."""
+    encode, decode = oneshot
+    wav, n = noise(LONG_FRAMES * HOP, 0), LONG_FRAMES // 2
+    far = np.ones(len(wav), bool)
+    far[(n - tok.enc_context) * HOP : (n + tok.enc_context + 1) * HOP] = False
+    moved = np.where(far, noise(len(wav), 1), wav)
+    np.testing.assert_array_equal(encode(wav)[n], encode(moved)[n])
+    z = latents(LONG_FRAMES, 2)
+    far = np.ones(LONG_FRAMES, bool)
+    far[n - tok.dec_context : n + tok.dec_context + 1] = False
+    moved = np.where(far[:, None], latents(LONG_FRAMES, 3), z)
+    frame = slice(n * HOP, (n + 1) * HOP)
+    np.testing.assert_array_equal(decode(z)[frame], decode(moved)[frame])
+
+
+def test_chunked_encode_equals_oneshot(tok, oneshot):
+    wav = noise(LONG_FRAMES * HOP - 17, 4)  # not a multiple of hop: encode pads with zeros
+    shapes = []
+    inner = tok._encode
+    tok._encode = lambda v, x: shapes.append(x.shape) or inner(v, x)
+    try:
+        z = tok.encode(wav)
+    finally:
+        tok._encode = inner
+    assert shapes == [(4, 34 * HOP)] * 2  # chunking happened, in one compiled shape
+    reference = oneshot[0](np.pad(wav, (0, 17)))
+    assert z.shape == (LONG_FRAMES, 8)
+    np.testing.assert_allclose(z, reference, atol=1e-5, rtol=0)
+
+
+def test_chunked_decode_equals_oneshot(tok, oneshot):
+    z = latents(LONG_FRAMES, 5)
+    wav = tok.decode(z)
+    assert wav.shape == (LONG_FRAMES * HOP,)
+    reference = oneshot[1](z)
+    scale = np.abs(reference).max()
+    np.testing.assert_allclose(wav / scale, reference / scale, atol=1e-5, rtol=0)
+
+
+def test_batches_equal_single_calls(tok):
+    # lengths: 8 windows of 34, 3 windows of 22, one short window of its own length
+    wavs = [noise(LONG_FRAMES * HOP, 6), noise(30 * HOP + 5, 7), noise(10 * HOP, 8)]
+    together = tok.encode(wavs)
+    assert isinstance(together, list)
+    for wav, z in zip(wavs, together):
+        np.testing.assert_allclose(z, tok.encode(wav), atol=1e-6)
+    assert together[1].shape == (31, 8)
+    stacked = tok.encode(np.stack([wavs[0], wavs[0][::-1]]))
+    assert stacked.shape == (2, LONG_FRAMES, 8)
+    np.testing.assert_allclose(stacked[0], together[0], atol=1e-6)
+
+    zs = [latents(LONG_FRAMES, 9), latents(50, 10), latents(30, 11)]
+    decoded = tok.decode(zs)
+    for z, wav in zip(zs, decoded):
+        assert wav.shape == (len(z) * HOP,)
+        np.testing.assert_allclose(wav, tok.decode(z), atol=1e-5)
+    assert tok.decode(np.stack([zs[0]] * 2)).shape == (2, LONG_FRAMES * HOP)
+
+
+def test_encode_resamples(tok):
+    wav16k = noise(2 * LONG_FRAMES * HOP, 12)
+    resampled = soxr.resample(wav16k, 16000, 8000).astype(np.float32)
+    np.testing.assert_array_equal(tok.encode(wav16k, sample_rate=16000), tok.encode(resampled))
+
+
+def _save_checkpoint(workdir: str, config, variables: dict, step: int) -> None:
+    """A trainer-like state: the generator's params and EMA, plus counters."""
+    state = {
+        "step": np.int32(step),
+        "gen": {
+            "params": variables["params"],
+            "ema": jax.tree.map(lambda x: 2 * x, variables["params"]),
+        },
+    }
+    ckpt = checkpoint.Checkpointer(workdir, async_save=False)
+    ckpt.save(step, state, None, config)
+    ckpt.wait()
+    ckpt.close()
+
+
+def test_from_checkpoint_export_then_orbax(tmp_path):
+    config = tiny_ae_config()
+    variables = random_variables(config, seed=1)
+    workdir = str(tmp_path)
+    with pytest.raises(FileNotFoundError):
+        Tokenizer.from_checkpoint(workdir)
+    _save_checkpoint(workdir, config, variables, step=3)
+    restored = Tokenizer.from_checkpoint(workdir)  # no export yet: the checkpoint's EMA
+    assert restored.config.model.hop == HOP and restored.hop == HOP
+    for got, want in zip(jax.tree.leaves(restored.variables), jax.tree.leaves(variables)):
+        np.testing.assert_array_equal(got, 2 * want)
+    checkpoint.write_export(workdir, variables, config, step=5)
+    exported = Tokenizer.from_checkpoint(workdir, chunk_frames=CHUNK)
+    for got, want in zip(jax.tree.leaves(exported.variables), jax.tree.leaves(variables)):
+        np.testing.assert_array_equal(got, want)
+    older = Tokenizer.from_checkpoint(workdir, step=3)  # not the export's step
+    np.testing.assert_array_equal(
+        jax.tree.leaves(older.variables)[0], 2 * jax.tree.leaves(variables)[0]
+    )
+
+
+def test_cli_round_trip(tmp_path):
+    config = tiny_ae_config()
+    checkpoint.write_export(str(tmp_path), random_variables(config), config, step=1)
+    src, npy, out = tmp_path / "in.wav", tmp_path / "z.npy", tmp_path / "out.wav"
+    sf.write(src, noise(16000 // 2 + 7, 13), 16000)  # 0.5 s at 16 kHz: resampled to 8 kHz
+    env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu")
+    for args in (["encode", src, npy], ["decode", npy, out]):
+        cmd = [sys.executable, "-m", "f3_jax.tokenize", *map(str, args), "--workdir", tmp_path]
+        result = subprocess.run(list(map(str, cmd)), env=env, capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr[-2000:]
+    z = np.load(npy)
+    assert z.shape == (101, 8) and z.dtype == np.float32  # ceil(4004 / 40) frames
+    wav, rate = sf.read(out)
+    assert rate == 8000 and wav.shape == (101 * HOP,)
