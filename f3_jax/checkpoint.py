@@ -85,8 +85,15 @@ class Checkpointer:
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep, enable_async_checkpointing=async_save, create=True
         )
+        # Explicit handlers: a manager built in a new process (resume, eval, Tokenizer) must
+        # know how to read each item's metadata before anything was saved through it.
+        handlers = {
+            "state": ocp.StandardCheckpointHandler(),
+            "config": ocp.JsonCheckpointHandler(),
+            "data": grain.checkpoint.CheckpointHandler(),
+        }
         self._manager = ocp.CheckpointManager(
-            self.directory, options=options, item_names=("state", "data", "config")
+            self.directory, options=options, item_handlers=handlers
         )
 
     def latest_step(self) -> int | None:

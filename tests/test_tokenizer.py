@@ -188,12 +188,6 @@ def test_from_checkpoint_reads_export(tmp_path):
         np.testing.assert_array_equal(got, want)
 
 
-# A fresh Checkpointer (any new process) cannot read the "state" item's metadata: its
-# CheckpointManager is built with item_names but no handlers, so item_metadata(step)["state"]
-# is None and restore_raw (and restore, used to resume training) fail. Fix in checkpoint.py:
-# pass item_handlers={"state": StandardCheckpointHandler(), "config": JsonCheckpointHandler(),
-# "data": grain.checkpoint.CheckpointHandler()}; then drop this marker.
-@pytest.mark.xfail(raises=AttributeError, strict=True, reason="checkpoint.py: no item handlers")
 def test_from_checkpoint_falls_back_to_orbax(tmp_path):
     config = tiny_ae_config()
     variables = random_variables(config, seed=1)
