@@ -106,15 +106,13 @@ class STFTDiscriminator(nn.Module):
         return WNConv2d(self.channels, (3, 3), dtype=self.dtype, name=name)
 
 
+# Fractions of the Nyquist band each STFT sub-band covers (DAC's split).
+DEFAULT_BANDS = ((0.0, 0.1), (0.1, 0.25), (0.25, 0.5), (0.5, 0.75), (0.75, 1.0))
+
+
 class MultiBandSTFTDiscriminator(nn.Module):
     fft_sizes: Sequence[int] = (2048, 1024, 512)
-    bands: Sequence[Sequence[float]] = (
-        (0.0, 0.1),
-        (0.1, 0.25),
-        (0.25, 0.5),
-        (0.5, 0.75),
-        (0.75, 1.0),
-    )
+    bands: Sequence[Sequence[float]] = DEFAULT_BANDS
     channels: int = 32
     dtype: Dtype = jnp.float32
 
@@ -134,13 +132,7 @@ class Discriminators(nn.Module):
     mpd_max_channels: int = 1024
     use_mbstft: bool = True
     fft_sizes: Sequence[int] = (2048, 1024, 512)
-    bands: Sequence[Sequence[float]] = (
-        (0.0, 0.1),
-        (0.1, 0.25),
-        (0.25, 0.5),
-        (0.5, 0.75),
-        (0.75, 1.0),
-    )
+    bands: Sequence[Sequence[float]] = DEFAULT_BANDS
     stft_channels: int = 32
     dtype: Dtype = jnp.float32
 
