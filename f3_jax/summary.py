@@ -24,6 +24,7 @@ class SummaryWriter:
         self.logdir = logdir
         self._tb = None
         self._jsonl = None
+        self._batch_ids = None
         if self.enabled:
             from tensorboardX import SummaryWriter as TBWriter
 
@@ -44,6 +45,18 @@ class SummaryWriter:
                 self._tb.add_histogram(name, value.reshape(-1), step)
         self._jsonl.write(json.dumps(record) + "\n")
         self._jsonl.flush()
+
+    def batch_ids(self, step: int, ids) -> None:
+        """Debug record of the ids of one step's batch (batch_ids.jsonl): shows the data order.
+
+        Appends, so a resumed run adds its steps after those of the run it resumed.
+        """
+        if not self.enabled:
+            return
+        if self._batch_ids is None:
+            self._batch_ids = open(os.path.join(self.logdir, "batch_ids.jsonl"), "a")
+        self._batch_ids.write(json.dumps({"step": int(step), "ids": [str(i) for i in ids]}) + "\n")
+        self._batch_ids.flush()
 
     def text(self, step: int, name: str, value: str) -> None:
         if self.enabled:
@@ -67,6 +80,8 @@ class SummaryWriter:
         if self.enabled:
             self._tb.close()
             self._jsonl.close()
+            if self._batch_ids is not None:
+                self._batch_ids.close()
 
 
 def mel_image(wavs: dict, sample_rate: int) -> np.ndarray:

@@ -31,6 +31,12 @@ _COORDINATOR = flags.DEFINE_string(
 )
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in a multi-process run.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
+_RECORD_BATCH_IDS = flags.DEFINE_bool(
+    "record_batch_ids",
+    False,
+    "Debug: append the record ids of every step's batch (process 0's part) to "
+    "WORKDIR/train/batch_ids.jsonl, to check the data order across restarts.",
+)
 
 
 def maybe_initialize_distributed() -> None:
@@ -136,6 +142,19 @@ def train(config, workdir: str) -> None:
     writer = SummaryWriter(os.path.join(workdir, "train"))
     if start == 0:
         writer.text(0, "config", "```\n" + str(config) + "\n```")
+    try:
+        run_steps(trainer, config, mesh, state, start, data_iter, ckpt, writer, workdir)
+    finally:
+        # Runs on errors too: an async save left running at interpreter shutdown fails with
+        # "cannot schedule new futures after shutdown" and may leave a partial step behind.
+        ckpt.wait()
+        ckpt.close()
+        writer.close()
+
+
+def run_steps(trainer, config, mesh, state, start, data_iter, ckpt, writer, workdir) -> None:
+    """Step / log / validate / checkpoint from `start` until train.steps or a stop request."""
+    train_t = config.train
     progress = Progress(train_t.steps, train_t.batch_size * config.data.crop_seconds, start)
     preemption = PreemptionWatcher()
     num_skipped_data = 0
@@ -143,10 +162,12 @@ def train(config, workdir: str) -> None:
     for step in range(start, train_t.steps):
         local = next(data_iter)
         num_skipped_data = int(local.get("num_skipped", num_skipped_data))
+        done = step + 1
+        if _RECORD_BATCH_IDS.value:
+            writer.batch_ids(done, local["id"])
         batch = parallel.global_batch({k: local[k] for k in ("audio", "mask")}, mesh)
         state, metrics = trainer.train_step(state, batch, step)
         wait_on_cpu(metrics)
-        done = step + 1
 
         if done % train_t.log_every == 0 or done == train_t.steps:
             values = to_host(metrics) | to_host(trainer.grad_norms(state, batch, step))
@@ -165,10 +186,6 @@ def train(config, workdir: str) -> None:
         if stop:
             logging.warning("stopping at step %d after saving a checkpoint", done)
             break
-
-    ckpt.wait()
-    ckpt.close()
-    writer.close()
 
 
 def main(argv) -> None:
