@@ -81,6 +81,9 @@ class Checkpointer:
     """Async Orbax manager for one workdir; every process calls save/restore together."""
 
     def __init__(self, workdir: str, *, keep: int = 3, async_save: bool = True):
+        # Orbax needs absolute paths; users pass relative ones (runs/ae_demo).
+        if "://" not in str(workdir):
+            workdir = os.path.abspath(workdir)
         self.directory = epath.Path(workdir) / "checkpoints"
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep, enable_async_checkpointing=async_save, create=True
