@@ -149,6 +149,7 @@ def train(config, workdir: str) -> None:
         # "cannot schedule new futures after shutdown" and may leave a partial step behind.
         ckpt.wait()
         ckpt.close()
+        data_iter.close()  # stops Grain's prefetch threads and worker processes now
         writer.close()
 
 

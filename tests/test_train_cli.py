@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import struct
 import subprocess
 import sys
 import time
@@ -45,7 +46,6 @@ from tests.ae_fixtures import tiny_ae_config
 def get_config():
     c = tiny_ae_config()
     c.data.path = {data_path!r}
-    c.data.read_threads = 1
     c.data.eval_batch_size = 4
     c.data.eval_max_seconds = 0.5
     c.data.eval_bucket_seconds = (0.5,)
@@ -185,6 +185,25 @@ def _checkpoint_steps(workdir: Path) -> list[int]:
     return sorted(int(p.name) for p in root.iterdir() if p.name.isdigit()) if root.exists() else []
 
 
+def _event_steps(logdir: Path) -> dict[str, set[int]]:
+    """{tag: steps} of every summary in the TensorBoard event files under logdir.
+
+    Event files are TFRecord files: u64 length, u32 CRC, the serialized Event, u32 CRC.
+    """
+    from tensorboardX.proto import event_pb2
+
+    steps: dict[str, set[int]] = {}
+    for path in logdir.glob("events.out.tfevents.*"):
+        data, i = path.read_bytes(), 0
+        while i < len(data):
+            (n,) = struct.unpack("<Q", data[i : i + 8])
+            event = event_pb2.Event.FromString(data[i + 12 : i + 12 + n])
+            i += 12 + n + 4
+            for value in event.summary.value:
+                steps.setdefault(value.tag, set()).add(event.step)
+    return steps
+
+
 def _assert_clean_exit(run: Run) -> None:
     assert run.returncode == 0, _tail(run.log)
     for bad in ("Traceback", "Exception ignored", "cannot schedule new futures"):
@@ -247,7 +266,10 @@ def test_missing_data_dir_stops_before_compute(setup):
 def test_quickstart_run_writes_logs_checkpoints_and_export(reference):
     workdir, run = reference
     _assert_clean_exit(run)
-    assert list((workdir / "train").glob("events.out.tfevents.*"))
+    events = _event_steps(workdir / "train")
+    assert events.get("loss/gen_total") == {2, 4, 6}, sorted(events)
+    assert events.get("valid/mel_distance") == {4, 6}, sorted(events)
+    assert events.get("samples/0/reconstruction") == events.get("spectrogram/0") == {4}
     metrics = [
         json.loads(x) for x in (workdir / "train" / "metrics.jsonl").read_text().splitlines()
     ]
