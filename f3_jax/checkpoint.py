@@ -86,7 +86,11 @@ class Checkpointer:
             workdir = os.path.abspath(workdir)
         self.directory = epath.Path(workdir) / "checkpoints"
         options = ocp.CheckpointManagerOptions(
-            max_to_keep=keep, enable_async_checkpointing=async_save, create=True
+            max_to_keep=keep,
+            enable_async_checkpointing=async_save,
+            create=True,
+            # A SIGKILL mid-save leaves <step>.orbax-checkpoint-tmp behind; drop it on start.
+            cleanup_tmp_directories=True,
         )
         # Explicit handlers: a manager built in a new process (resume, eval, Tokenizer) must
         # know how to read each item's metadata before anything was saved through it.
@@ -184,6 +188,7 @@ def write_export(workdir: str, variables: dict, config, step: int) -> None:
     out.mkdir(parents=True, exist_ok=True)
     tmp = os.fspath(out / "weights.safetensors.tmp")
     save_file(_flat_params(variables), tmp)
+    os.chmod(tmp, 0o644)  # safetensors writes 0600; others on a shared filesystem must read it
     os.replace(tmp, os.fspath(out / "weights.safetensors"))
     record = config_record(config) | {"step": int(step)}
     (out / "config.json.tmp").write_text(json.dumps(record, indent=1))

@@ -63,6 +63,12 @@ def wait_on_cpu(tree) -> None:
         jax.block_until_ready(tree)
 
 
+@jax.jit
+def _masked_sums(metrics: dict, valid: jax.Array) -> tuple[dict, jax.Array]:
+    """Sums of per-example metrics over real (not padding) examples, and their count."""
+    return {k: jnp.sum(x * valid) for k, x in metrics.items()}, jnp.sum(valid)
+
+
 def validate(trainer, config, mesh, state, step: int, writer: SummaryWriter) -> dict:
     """Mean of each per-example validation metric over the valid split; logs samples too."""
     per_process = config.data.eval_batch_size // jax.process_count()
@@ -82,10 +88,8 @@ def validate(trainer, config, mesh, state, step: int, writer: SummaryWriter) -> 
         metrics, est = trainer.eval_step(state, batch)
         valid = batch["valid"]
         with jax.set_mesh(mesh):
-            weighted = jax.jit(lambda m, v: {k: jnp.sum(x * v) for k, x in m.items()})(
-                metrics, valid
-            )
-        weighted, n = to_host((weighted, jnp.sum(valid)))
+            weighted, n = _masked_sums(metrics, valid)
+        weighted, n = to_host((weighted, n))
         for k, v in weighted.items():
             sums[k] = sums.get(k, 0.0) + float(v)
         count += float(n)
