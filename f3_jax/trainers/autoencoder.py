@@ -35,13 +35,10 @@ class AutoencoderTrainer:
         self.model = Autoencoder.from_config(config)
         self.disc = Discriminators.from_config(config)
         o, t = config.optim, config.train
-        self.gen_tx = common.adamw(
-            common.learning_rate_schedule(o.gen_lr, o.warmup_steps, t.steps, o.schedule), o
-        )
-        self.disc_tx = common.adamw(
-            common.learning_rate_schedule(o.disc_lr, o.warmup_steps, t.steps, o.schedule), o
-        )
         self.gen_lr = common.learning_rate_schedule(o.gen_lr, o.warmup_steps, t.steps, o.schedule)
+        disc_lr = common.learning_rate_schedule(o.disc_lr, o.warmup_steps, t.steps, o.schedule)
+        self.gen_tx = common.adamw(self.gen_lr, o)
+        self.disc_tx = common.adamw(disc_lr, o)
         self.uses_batch_stats = config.bottleneck.norm == "batch"
         self.crop = round(config.data.crop_seconds * config.sample_rate)
         self._abstract, self.shardings = common.state_layout(self._boxed_state, mesh)
@@ -284,8 +281,9 @@ class AutoencoderTrainer:
             total = _cost_flops(self._gen_steps[on], *args)
             if on:
                 wav = jax.ShapeDtypeStruct(batch["audio"].shape, jnp.float32)
-                total += _cost_flops(self._disc_step_jit, state["disc"], _counters(state), wav,
-                                     batch)
+                total += _cost_flops(
+                    self._disc_step_jit, state["disc"], _counters(state), wav, batch
+                )
         return total
 
     def parameter_count(self) -> int:

@@ -42,7 +42,7 @@ def guarded_update(tx: optax.GradientTransformation, params, opt_state, grads):
     Returns (params, opt_state, applied, grad_norm); a skipped step leaves both trees exactly
     as they were, so a single bad batch cannot poison the parameters or Adam's moments.
     """
-    grad_norm = optax.global_norm(grads)
+    grad_norm = optax.tree.norm(grads)
     applied = jnp.isfinite(grad_norm)
     safe_grads = jax.tree.map(lambda g: jnp.where(applied, g, jnp.zeros_like(g)), grads)
     updates, new_opt = tx.update(safe_grads, opt_state, params)
