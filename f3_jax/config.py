@@ -10,7 +10,7 @@ import math
 
 import ml_collections
 
-STAGES = ("autoencoder",)
+STAGES = ("autoencoder", "representation")
 
 
 class ConfigError(ValueError):
@@ -28,6 +28,9 @@ def data_defaults() -> ml_collections.ConfigDict:
     d.train_split = "train"
     d.eval_split = "valid"
     d.crop_seconds = 1.0
+    # "random": a random crop_seconds window of each clip (stage 1). "utterance": each clip from
+    # its start, padded to crop_seconds; a clip cut short loses its transcript (stages 2, 3).
+    d.crop_mode = "random"
     d.min_crop_fraction = 0.0  # crops shorter than this fraction of crop_seconds are dropped
     d.gain_db = (0.0, 0.0)  # random gain range in dB; (0, 0) disables the augmentation
     d.num_workers = 0  # Grain worker processes (0: in-process)
@@ -113,13 +116,97 @@ def autoencoder_defaults() -> ml_collections.ConfigDict:
     c.train.sample_every = 5000  # audio samples and spectrogram images
     c.train.adversarial_start = 0  # discriminator off before this global step
     c.train.ema_decay = 0.0  # 0 disables the EMA of the generator
+    c.train.eval_at_start = False  # validate the initial state too
 
     c.data = data_defaults()
     c.mesh = mesh_defaults()
     return c
 
 
-_DEFAULTS = {"autoencoder": autoencoder_defaults}
+def train_defaults() -> ml_collections.ConfigDict:
+    t = ml_collections.ConfigDict()
+    t.steps = 100_000
+    t.batch_size = 32  # global
+    t.checkpoint_every = 5000
+    t.keep_checkpoints = 3
+    t.log_every = 100
+    t.eval_every = 5000
+    t.sample_every = 5000  # audio samples, spectrograms, transcriptions
+    t.eval_at_start = False  # validate the initial state too (a "before training" baseline)
+    return t
+
+
+def representation_defaults() -> ml_collections.ConfigDict:
+    """Stage 2: the representation encoder over frozen stage-1 latents, full size."""
+    c = ml_collections.ConfigDict()
+    c.stage = "representation"
+    c.seed = 0
+    c.sample_rate = 24000  # must equal the autoencoder's
+    c.compute_dtype = "float32"  # of the trained modules; "bfloat16" on accelerators
+
+    c.autoencoder = ml_collections.ConfigDict()
+    c.autoencoder.workdir = ""  # stage-1 workdir; its export/ (weights + config) is read
+
+    c.llm = ml_collections.ConfigDict()
+    c.llm.path = "smollm2"  # GGUF file, Hugging Face directory, or "smollm2"
+    c.llm.dtype = "float32"  # compute dtype of the frozen LLM ("bfloat16" on accelerators)
+    c.llm.param_dtype = "float32"  # storage dtype of its frozen weights
+    c.llm.instruction = "\nTranscribe the speech:"  # between the audio and the transcript
+    c.llm.max_text_tokens = 64  # transcript tokens (with end of text); longer ones are cut
+
+    c.encoder = ml_collections.ConfigDict()
+    c.encoder.width = 1024
+    c.encoder.depth = 12
+    c.encoder.num_heads = 16
+    c.encoder.num_kv_heads = 16
+    c.encoder.head_dim = 64
+    c.encoder.mlp_dim = 4096
+    c.encoder.causal = True  # False: bidirectional (then unusable inside generation)
+    c.encoder.rope_theta = 10000.0
+    c.encoder.norm_eps = 1e-5
+
+    c.quantizer = ml_collections.ConfigDict()
+    c.quantizer.seed = 1234  # the targets depend on this only
+    c.quantizer.num_codebooks = 4
+    c.quantizer.codebook_size = 8192
+    c.quantizer.code_dim = 16
+    c.quantizer.stack_frames = 1  # frames t..t+s-1 concatenated before the projection
+
+    c.rq_mtp = ml_collections.ConfigDict()
+    c.rq_mtp.horizons = 4  # heads predicting the tokens of frames t+1 .. t+k
+
+    c.adapter = ml_collections.ConfigDict()
+    c.adapter.downsample = 4  # latent frames per LLM position (50 Hz -> 12.5 Hz)
+    c.adapter.width = 1024  # downsampled representation width
+    c.adapter.hidden = 2048  # adapter MLP hidden width (output: the LLM's embedding width)
+
+    c.loss = ml_collections.ConfigDict()
+    c.loss.rq_mtp_weight = 1.0
+    c.loss.llm_weight = 1.0
+
+    c.optim = ml_collections.ConfigDict()
+    c.optim.lr = 3e-4
+    c.optim.b1 = 0.9
+    c.optim.b2 = 0.98
+    c.optim.weight_decay = 0.01
+    c.optim.grad_clip = 1.0
+    c.optim.warmup_steps = 2000
+    c.optim.schedule = "cosine"
+
+    c.train = train_defaults()
+
+    c.eval = ml_collections.ConfigDict()
+    c.eval.num_transcribe = 4  # valid utterances transcribed greedily at each validation
+    c.eval.max_new_tokens = 48
+
+    c.data = data_defaults()
+    c.data.crop_mode = "utterance"
+    c.data.crop_seconds = 10.0
+    c.mesh = mesh_defaults()
+    return c
+
+
+_DEFAULTS = {"autoencoder": autoencoder_defaults, "representation": representation_defaults}
 
 
 def defaults_for(stage: str) -> ml_collections.ConfigDict:
@@ -194,8 +281,12 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
         raise ConfigError(f"config.data.source={config.data.source!r}: use array_record or tfds")
     if config.compute_dtype not in ("float32", "bfloat16"):
         raise ConfigError(f"config.compute_dtype={config.compute_dtype!r}: float32 or bfloat16")
+    if config.data.crop_mode not in ("random", "utterance"):
+        raise ConfigError(f"config.data.crop_mode={config.data.crop_mode!r}: random or utterance")
     if config.stage == "autoencoder":
         _validate_autoencoder(config)
+    elif config.stage == "representation":
+        _validate_representation(config)
 
 
 def _validate_autoencoder(config) -> None:
@@ -220,3 +311,28 @@ def _validate_autoencoder(config) -> None:
             f"config.data.crop_seconds={config.data.crop_seconds} gives {crop} samples, "
             f"not a multiple of the hop {m.hop}"
         )
+
+
+def _validate_representation(config) -> None:
+    if not config.autoencoder.workdir:
+        raise ConfigError(
+            "config.autoencoder.workdir is empty: name the stage-1 workdir "
+            "(--config.autoencoder.workdir=runs/ae_demo)"
+        )
+    e, q, a = config.encoder, config.quantizer, config.adapter
+    if e.num_heads % e.num_kv_heads:
+        raise ConfigError(
+            f"config.encoder.num_heads={e.num_heads} is not a multiple of "
+            f"config.encoder.num_kv_heads={e.num_kv_heads}"
+        )
+    if e.head_dim % 2:
+        raise ConfigError(f"config.encoder.head_dim={e.head_dim} must be even (rotary pairs)")
+    for name in ("num_codebooks", "codebook_size", "code_dim", "stack_frames"):
+        if q[name] < 1:
+            raise ConfigError(f"config.quantizer.{name}={q[name]} must be at least 1")
+    if config.rq_mtp.horizons < 1:
+        raise ConfigError(f"config.rq_mtp.horizons={config.rq_mtp.horizons} must be at least 1")
+    if a.downsample < 1:
+        raise ConfigError(f"config.adapter.downsample={a.downsample} must be at least 1")
+    if config.optim.schedule not in ("constant", "cosine"):
+        raise ConfigError(f"config.optim.schedule={config.optim.schedule!r}: constant or cosine")

@@ -72,16 +72,21 @@ def _axis_size(mesh: Mesh, axes) -> int:
     return int(np.prod([mesh.shape[a] for a in axes]))
 
 
-def logical_to_spec(logical_axes: Sequence[str | None], shape: Sequence[int],
-                    mesh: Mesh) -> PartitionSpec:
+def logical_to_spec(
+    logical_axes: Sequence[str | None], shape: Sequence[int], mesh: Mesh
+) -> PartitionSpec:
     """PartitionSpec of one array; mesh axes that don't divide their dimension are dropped."""
     used: set[str] = set()
     spec = []
     for name, dim in zip(logical_axes, shape):
         axes = _mesh_axes_for(name)
         flat = (axes,) if isinstance(axes, str) else tuple(axes or ())
-        if (axes is None or any(a in used for a in flat)
-                or _axis_size(mesh, axes) == 1 or dim % _axis_size(mesh, axes)):
+        if (
+            axes is None
+            or any(a in used for a in flat)
+            or _axis_size(mesh, axes) == 1
+            or dim % _axis_size(mesh, axes)
+        ):
             spec.append(None)
             continue
         used.update(flat)
@@ -102,8 +107,7 @@ def shardings_of(boxed_tree, mesh: Mesh):
             return NamedSharding(mesh, logical_to_spec(leaf.names, value.shape, mesh))
         return NamedSharding(mesh, PartitionSpec())
 
-    return jax.tree.map(one, boxed_tree,
-                        is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
+    return jax.tree.map(one, boxed_tree, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
 
 
 def batch_sharding(mesh: Mesh, ndim: int) -> NamedSharding:
@@ -126,6 +130,14 @@ def global_batch(local_batch: dict, mesh: Mesh) -> dict:
         if value.dtype.kind in "OUS":
             out[key] = value
             continue
-        out[key] = jax.make_array_from_process_local_data(
-            batch_sharding(mesh, value.ndim), value)
+        out[key] = jax.make_array_from_process_local_data(batch_sharding(mesh, value.ndim), value)
     return out
+
+
+def to_host(tree):
+    """Device values -> numpy on every process (gathers the shards other processes hold)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        return multihost_utils.process_allgather(tree, tiled=True)
+    return jax.device_get(tree)

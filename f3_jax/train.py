@@ -14,11 +14,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import app, flags, logging
-from jax.experimental import multihost_utils
 from ml_collections import config_flags
 
 from f3_jax import checkpoint, data, parallel, trainers
 from f3_jax import config as config_lib
+from f3_jax.parallel import to_host
 from f3_jax.preemption import PreemptionWatcher
 from f3_jax.summary import Progress, SummaryWriter
 
@@ -49,13 +49,6 @@ def maybe_initialize_distributed() -> None:
         jax.distributed.initialize()
 
 
-def to_host(tree):
-    """Device values -> numpy on every process (gathers shards other processes hold)."""
-    if jax.process_count() > 1:
-        return multihost_utils.process_allgather(tree, tiled=True)
-    return jax.device_get(tree)
-
-
 def wait_on_cpu(tree) -> None:
     # Several CPU devices in one process can deadlock when steps are dispatched without
     # waiting (DESIGN.md); accelerators keep the queue full.
@@ -64,15 +57,20 @@ def wait_on_cpu(tree) -> None:
 
 
 @jax.jit
-def _masked_sums(metrics: dict, valid: jax.Array) -> tuple[dict, jax.Array]:
-    """Sums of per-example metrics over real (not padding) examples, and their count."""
-    return {k: jnp.sum(x * valid) for k, x in metrics.items()}, jnp.sum(valid)
+def _masked_sums(metrics: dict, valid: jax.Array) -> dict:
+    """Per metric, the sums of values and of weights over real (not padding) examples."""
+    return {k: (jnp.sum(v * w * valid), jnp.sum(w * valid)) for k, (v, w) in metrics.items()}
 
 
 def validate(trainer, config, mesh, state, step: int, writer: SummaryWriter) -> dict:
-    """Mean of each per-example validation metric over the valid split; logs samples too."""
+    """Weighted mean of each per-example validation metric over the valid split.
+
+    The trainer's eval_step gives (value, weight) pairs per example; its eval_samples logs
+    samples of the first batch (audio, transcripts) and may add metrics of its own.
+    """
     per_process = config.data.eval_batch_size // jax.process_count()
-    sums, count = {}, 0.0
+    sums: dict[str, list[float]] = {}
+    extra: dict[str, float] = {}
     for i, local in enumerate(
         data.eval_batches(
             config.data,
@@ -84,32 +82,24 @@ def validate(trainer, config, mesh, state, step: int, writer: SummaryWriter) -> 
             max_examples=config.data.eval_max_examples,
         )
     ):
-        batch = parallel.global_batch({k: local[k] for k in ("audio", "mask", "valid")}, mesh)
-        metrics, est = trainer.eval_step(state, batch)
-        valid = batch["valid"]
+        host = trainer.host_batch(local) | {"valid": local["valid"]}
+        batch = parallel.global_batch(host, mesh)
+        metrics, outputs = trainer.eval_step(state, batch)
         with jax.set_mesh(mesh):
-            weighted, n = _masked_sums(metrics, valid)
-        weighted, n = to_host((weighted, n))
-        for k, v in weighted.items():
-            sums[k] = sums.get(k, 0.0) + float(v)
-        count += float(n)
-        if i == 0 and step % config.train.sample_every == 0:
-            log_samples(writer, step, to_host(batch["audio"]), to_host(est), config.sample_rate)
-    result = {f"valid/{k}": v / max(count, 1.0) for k, v in sums.items()}
+            weighted = to_host(_masked_sums(metrics, batch["valid"]))
+        for k, (v, w) in weighted.items():
+            acc = sums.setdefault(k, [0.0, 0.0])
+            acc[0] += float(v)
+            acc[1] += float(w)
+        if i == 0:
+            extra = trainer.eval_samples(writer, step, local, outputs, state)
+    result = {f"valid/{k}": v / max(w, 1e-9) for k, (v, w) in sums.items()}
+    result |= {f"valid/{k}": v for k, v in extra.items()}
     writer.scalars(step, result)
     logging.info(
         "validation at step %d: %s", step, ", ".join(f"{k}={v:.4g}" for k, v in result.items())
     )
     return result
-
-
-def log_samples(writer, step: int, audio, est, sample_rate: int, count: int = 2) -> None:
-    for j in range(min(count, audio.shape[0])):
-        writer.audio(step, f"samples/{j}/original", audio[j], sample_rate)
-        writer.audio(step, f"samples/{j}/reconstruction", est[j], sample_rate)
-        writer.spectrogram(
-            step, f"spectrogram/{j}", {"original": audio[j], "reconstruction": est[j]}, sample_rate
-        )
 
 
 def train(config, workdir: str) -> None:
@@ -163,6 +153,8 @@ def run_steps(trainer, config, mesh, state, start, data_iter, ckpt, writer, work
     progress = Progress(train_t.steps, train_t.batch_size * config.data.crop_seconds, start)
     preemption = PreemptionWatcher()
     num_skipped_data = 0
+    if start == 0 and train_t.eval_at_start:
+        validate(trainer, config, mesh, state, 0, writer)
 
     for step in range(start, train_t.steps):
         local = next(data_iter)
@@ -170,24 +162,22 @@ def run_steps(trainer, config, mesh, state, start, data_iter, ckpt, writer, work
         done = step + 1
         if _RECORD_BATCH_IDS.value:
             writer.batch_ids(done, local["id"])
-        batch = parallel.global_batch({k: local[k] for k in ("audio", "mask")}, mesh)
+        batch = parallel.global_batch(trainer.host_batch(local), mesh)
         state, metrics = trainer.train_step(state, batch, step)
         wait_on_cpu(metrics)
 
         if done % train_t.log_every == 0 or done == train_t.steps:
-            values = to_host(metrics) | to_host(trainer.grad_norms(state, batch, step))
+            values = to_host(metrics) | to_host(trainer.log_metrics(state, batch, step))
             values["data/skipped_records"] = num_skipped_data
             writer.scalars(done, values | progress.report(done, values))
-            if not np.isfinite(values.get("loss/gen_total", 0.0)):
+            if not np.isfinite(values.get(trainer.total_loss_key, 0.0)):
                 logging.warning("non-finite loss at step %d; the update was skipped", done)
         if done % train_t.eval_every == 0 or done == train_t.steps:
             validate(trainer, config, mesh, state, done, writer)
         stop = preemption.should_stop(done)
         if done % train_t.checkpoint_every == 0 or done == train_t.steps or stop:
             ckpt.save(done, state, data_iter, config, force=True)
-            checkpoint.write_export(
-                workdir, to_host(trainer.inference_variables(state)), config, done
-            )
+            trainer.export(workdir, state, done)
         if stop:
             logging.warning("stopping at step %d after saving a checkpoint", done)
             break
@@ -200,7 +190,7 @@ def main(argv) -> None:
     maybe_initialize_distributed()
     try:
         train(_CONFIG.value, _WORKDIR.value)
-    except (config_lib.ConfigError, data.DataError) as e:
+    except (config_lib.ConfigError, data.DataError, FileNotFoundError) as e:
         logging.error("%s", e)
         sys.exit(f"error: {e}")
 

@@ -41,6 +41,7 @@ class RandomCrop:
     crop_len: int
     min_len: int  # shorter clips are dropped
     gain_db: tuple[float, float]
+    from_start: bool = False  # data.crop_mode == "utterance": no random offset
 
     def __call__(self, raw: Any, rng: np.random.Generator) -> dict:
         try:
@@ -48,16 +49,20 @@ class RandomCrop:
             n = num_samples_at(u, self.sample_rate)
             if n == 0 or n < self.min_len:
                 return {SKIPPED: True}
-            start = int(rng.integers(0, n - self.crop_len + 1)) if n > self.crop_len else 0
+            cut = n > self.crop_len
+            random_start = cut and not self.from_start
+            start = int(rng.integers(0, n - self.crop_len + 1)) if random_start else 0
             wav = _read_at_rate(u, self.sample_rate, start, min(n, self.crop_len))
         except AudioDecodeError:
             return {SKIPPED: True}
+        # A crop of part of a clip no longer matches its transcript: drop the text then.
+        text = "" if cut else u.text
         audio, mask = pad_to(wav, self.crop_len)
         lo, hi = self.gain_db
         if lo != 0.0 or hi != 0.0:
             gain = np.float32(10.0 ** (rng.uniform(lo, hi) / 20.0))
             audio = np.clip(audio * gain, -1.0, 1.0)
-        return {"audio": audio, "mask": mask, "text": u.text, "id": u.uid}
+        return {"audio": audio, "mask": mask, "text": text, "id": u.uid}
 
 
 def pad_to(wav: np.ndarray, length: int) -> tuple[np.ndarray, np.ndarray]:

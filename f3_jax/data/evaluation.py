@@ -83,7 +83,9 @@ def _batch(
         except AudioDecodeError:  # header read in the plan, payload broken: keep it a dummy
             failed += 1
             continue
-        valid[r], text[r], uid[r] = 1.0, u.text, u.uid
+        # A clip cut at data.eval_max_seconds no longer matches its transcript.
+        whole = num_samples_at(u, sample_rate) <= max_len
+        valid[r], text[r], uid[r] = 1.0, (u.text if whole else ""), u.uid
         for n in names:
             labels[n][r] = u.labels.get(n, np.nan)
     batch = {"audio": audio, "mask": mask, "valid": valid, "text": text, "id": uid}

@@ -151,6 +151,7 @@ def train_dataset(
         crop_len,
         min_len=int(np.ceil(data_cfg.min_crop_fraction * crop_len)),
         gain_db=tuple(float(g) for g in data_cfg.gain_db),
+        from_start=data_cfg.get("crop_mode", "random") == "utterance",
     )
     ds = ds.random_map(crop, seed=crop_seed)
     buffer = max(1, data_cfg.prefetch_buffer) * batch_size

@@ -141,22 +141,11 @@ class LLM(nn.Module):
         token_mask = (
             jnp.ones((b, s), bool) if attention_mask is None else attention_mask.astype(bool)
         )
-        mask, positions, cache = _attention_layout(token_mask, positions, cache)
+        mask, positions, cache = attention_layout(token_mask, positions, cache)
         wanted = _layer_indices(output_hidden_layers, self.config.num_layers)
-        hidden_states = {i: x for i in wanted if i == 0}
-        new_k, new_v = [], []
-        for i, layer in enumerate(self.layers):
-            kv = None if cache is None else (cache["k"][i], cache["v"][i])
-            x, kv = layer(x, positions, mask, kv, None if cache is None else cache["length"])
-            if kv is not None:
-                new_k.append(kv[0])
-                new_v.append(kv[1])
-            if i + 1 in wanted:
-                hidden_states[i + 1] = x
+        x, hidden_states, cache = run_layers(self.layers, x, positions, mask, cache, wanted)
         hidden = self.final_norm(x)
-        logits = self._logits(hidden) if return_logits else None
-        if cache is not None:
-            cache = {**cache, "k": new_k, "v": new_v, "length": cache["length"] + s}
+        logits = self.logits(hidden) if return_logits else None
         return {
             "logits": logits,
             "hidden": hidden,
@@ -164,12 +153,33 @@ class LLM(nn.Module):
             "cache": cache,
         }
 
-    def _logits(self, hidden: jax.Array) -> jax.Array:
+    def logits(self, hidden: jax.Array) -> jax.Array:
+        """float32 logits of final-normed hidden states (for a slice of the sequence only)."""
         if self.config.tie_word_embeddings:
             logits = self.embed_tokens.attend(hidden)
         else:
             logits = self.lm_head(hidden)
         return logits.astype(jnp.float32)
+
+
+def run_layers(layers, x, positions, mask, cache, wanted=frozenset()):
+    """Applies decoder layers in order, with the KV cache when given.
+
+    Returns (x, {i: residual stream after i layers for i in wanted}, updated cache or None).
+    """
+    hidden_states = {i: x for i in wanted if i == 0}
+    new_k, new_v = [], []
+    for i, layer in enumerate(layers):
+        kv = None if cache is None else (cache["k"][i], cache["v"][i])
+        x, kv = layer(x, positions, mask, kv, None if cache is None else cache["length"])
+        if kv is not None:
+            new_k.append(kv[0])
+            new_v.append(kv[1])
+        if i + 1 in wanted:
+            hidden_states[i + 1] = x
+    if cache is not None:
+        cache = {**cache, "k": new_k, "v": new_v, "length": cache["length"] + x.shape[1]}
+    return x, hidden_states, cache
 
 
 def _layer_indices(requested: Sequence[int], num_layers: int) -> set[int]:
@@ -182,7 +192,7 @@ def _layer_indices(requested: Sequence[int], num_layers: int) -> set[int]:
     return out
 
 
-def _attention_layout(token_mask, positions, cache):
+def attention_layout(token_mask, positions, cache):
     """Attention mask (B, S, T), rotary positions (B, S) and the cache with its bookkeeping."""
     b, s = token_mask.shape
     next_pos = jnp.zeros((b,), jnp.int32) if cache is None else cache["next_pos"]
@@ -221,7 +231,7 @@ def _prefill(params, config: LLMConfig, ids, cache):
 
 
 @functools.partial(jax.jit, static_argnames=("config",), donate_argnames=("cache",))
-def _decode_step(params, config: LLMConfig, token, cache):
+def decode_step(params, config: LLMConfig, token, cache):
     out = LLM(config).apply(params, token[:, None], cache=cache)
     return jnp.argmax(out["logits"][:, -1], axis=-1), out["cache"]
 
@@ -243,7 +253,7 @@ def greedy_ids(
         out.append(value)
         if value == eos_id or len(out) == max_new_tokens:
             break
-        token, cache = _decode_step(params, config, token, cache)
+        token, cache = decode_step(params, config, token, cache)
     return out
 
 

@@ -16,7 +16,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from f3_jax import parallel
+from f3_jax import checkpoint, parallel
 from f3_jax.losses import adversarial, spectral
 from f3_jax.metrics.audio import si_sdr
 from f3_jax.models.autoencoder import Autoencoder
@@ -199,12 +199,14 @@ class AutoencoderTrainer:
         out = self.model.apply(variables, audio, train=False)
         est = out["wav"] * mask
         ref = audio * mask
-        return {
+        ones = jnp.ones(audio.shape[:1], jnp.float32)
+        metrics = {
             "mel_distance": spectral.mel_distance(
                 ref, est, sample_rate=self.config.sample_rate, mask=mask
             ),
             "si_sdr": si_sdr(ref, est, mask=mask),
-        }, est
+        }
+        return {k: (v, ones) for k, v in metrics.items()}, est
 
     def _compile(self) -> None:
         s = self.shardings
@@ -236,7 +238,7 @@ class AutoencoderTrainer:
         }
         var_s = self._inference_shardings()
         self._eval_jit = jax.jit(
-            self._eval_step, in_shardings=(var_s, batch_s), out_shardings=(rep, wav_s)
+            self._eval_step, in_shardings=(var_s, batch_s), out_shardings=(None, wav_s)
         )
 
     def _inference_shardings(self):
@@ -247,6 +249,11 @@ class AutoencoderTrainer:
         return var_s
 
     # ---- public step API used by the train loop ----------------------------------------
+    total_loss_key = "loss/gen_total"
+
+    def host_batch(self, local: dict) -> dict:
+        return {k: local[k] for k in BATCH_KEYS}
+
     def adversarial_on(self, step: int) -> bool:
         return step >= self.config.train.adversarial_start
 
@@ -297,11 +304,37 @@ class AutoencoderTrainer:
             variables["batch_stats"] = gen["batch_stats"]
         return variables
 
+    def log_metrics(self, state: dict, batch: dict, step: int) -> dict:
+        """Diagnostics for log steps: the gradient norm of each loss term alone."""
+        return self.grad_norms(state, batch, step)
+
     def eval_step(self, state: dict, batch: dict) -> tuple[dict, jax.Array]:
-        """Per-example validation metrics (B,) and the reconstructions."""
+        """Per-example (value, weight) pairs of each validation metric, and the reconstructions."""
         batch = {k: batch[k] for k in BATCH_KEYS}
         with jax.set_mesh(self.mesh):
             return self._eval_jit(self.inference_variables(state), batch)
+
+    def eval_samples(self, writer, step: int, local: dict, est, state: dict) -> dict:
+        """Audio and spectrograms of the first examples, on sample steps."""
+        if step % self.config.train.sample_every:
+            return {}
+        audio, est = local["audio"], parallel.to_host(est)
+        sample_rate = self.config.sample_rate
+        for j in range(min(2, audio.shape[0])):
+            writer.audio(step, f"samples/{j}/original", audio[j], sample_rate)
+            writer.audio(step, f"samples/{j}/reconstruction", est[j], sample_rate)
+            writer.spectrogram(
+                step,
+                f"spectrogram/{j}",
+                {"original": audio[j], "reconstruction": est[j]},
+                sample_rate,
+            )
+        return {}
+
+    def export(self, workdir: str, state: dict, step: int) -> None:
+        """WORKDIR/export: the generator's inference weights and the config."""
+        variables = parallel.to_host(self.inference_variables(state))
+        checkpoint.write_export(workdir, variables, self.config, step)
 
 
 COUNTER_KEYS = ("step", "rng", "skipped_gen", "skipped_disc")

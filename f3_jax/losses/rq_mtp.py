@@ -1,0 +1,54 @@
+"""RQ-MTP: cross-entropy of the heads' predictions of future frames' quantizer tokens.
+
+Head h (0-based) at frame t predicts the tokens of frame t + h + 1. A target counts only when
+frame t and frame t + h + 1 are both real (not padding, not past the clip's end).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+
+
+def future_targets(
+    tokens: jax.Array, valid: jax.Array, horizons: int
+) -> tuple[jax.Array, jax.Array]:
+    """(B, T, C) tokens, (B, T) mask -> (B, T, k, C) targets and (B, T, k) their mask."""
+    t = tokens.shape[1]
+    tok = jnp.pad(tokens, ((0, 0), (0, horizons), (0, 0)))
+    val = jnp.pad(valid.astype(jnp.float32), ((0, 0), (0, horizons)))
+    targets = jnp.stack([tok[:, h + 1 : h + 1 + t] for h in range(horizons)], axis=2)
+    future = jnp.stack([val[:, h + 1 : h + 1 + t] for h in range(horizons)], axis=2)
+    return targets, future * valid.astype(jnp.float32)[:, :, None]
+
+
+def per_example_stats(logits: jax.Array, targets: jax.Array, mask: jax.Array) -> dict:
+    """Per-example sums: cross-entropy (B,), correct tokens (B, k, C), counted frames (B, k).
+
+    logits (B, T, k, C, K), targets (B, T, k, C), mask (B, T, k).
+    """
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, targets)  # (B, T, k, C)
+    correct = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32)
+    m = mask[..., None]
+    return {
+        "ce": jnp.sum(ce * m, axis=(1, 2, 3)),
+        "correct": jnp.sum(correct * m, axis=1),
+        "count": jnp.sum(mask, axis=1),
+    }
+
+
+def loss_and_accuracy(logits: jax.Array, targets: jax.Array, mask: jax.Array):
+    """Mean cross-entropy over heads, codebooks and real frames; accuracy per horizon (k,)."""
+    stats = per_example_stats(logits, targets, mask)
+    num_codebooks = targets.shape[-1]
+    count = jnp.sum(stats["count"], axis=0)  # (k,)
+    loss = jnp.sum(stats["ce"]) / jnp.maximum(jnp.sum(count) * num_codebooks, 1.0)
+    accuracy = jnp.sum(stats["correct"], axis=(0, 2)) / jnp.maximum(count * num_codebooks, 1.0)
+    return loss, accuracy
+
+
+def copy_baseline_correct(targets: jax.Array, tokens: jax.Array, mask: jax.Array) -> jax.Array:
+    """(B, k, C) correct counts of the baseline that predicts the current frame's token."""
+    same = (targets == tokens[:, :, None, :]).astype(jnp.float32)
+    return jnp.sum(same * mask[..., None], axis=1)

@@ -1,0 +1,96 @@
+"""The stage-2 representation encoder: a pre-norm rotary transformer over frozen latents.
+
+Causal by default, so that generation (stage 3) can run it incrementally with a KV cache; the
+bidirectional mode sees the whole clip. Its blocks are the frozen LLM's decoder blocks
+(`llm_layers.DecoderLayer`), configured by an `LLMConfig` that has no vocabulary.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from f3_jax.models.llm import LLMConfig, attention_layout, init_cache, run_layers
+from f3_jax.models.llm_layers import DecoderLayer, RMSNorm, rope_inv_freq
+
+_INIT = nn.initializers.normal(0.02)
+
+
+class RepresentationEncoder(nn.Module):
+    """(B, T, D) latents and (B, T) frame mask -> {"repr": (B, T, width), "cache"}."""
+
+    width: int = 1024
+    depth: int = 12
+    num_heads: int = 16
+    num_kv_heads: int = 16
+    head_dim: int = 64
+    mlp_dim: int = 4096
+    causal: bool = True
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-5
+    dtype: str = "float32"
+    param_dtype: str = "float32"
+
+    @classmethod
+    def from_config(cls, config) -> RepresentationEncoder:
+        e = config.encoder
+        return cls(
+            e.width,
+            e.depth,
+            e.num_heads,
+            e.num_kv_heads,
+            e.head_dim,
+            e.mlp_dim,
+            e.causal,
+            e.rope_theta,
+            e.norm_eps,
+            dtype=config.compute_dtype,
+        )
+
+    def block_config(self) -> LLMConfig:
+        return LLMConfig(
+            vocab_size=1,
+            hidden_size=self.width,
+            intermediate_size=self.mlp_dim,
+            num_layers=self.depth,
+            num_heads=self.num_heads,
+            num_kv_heads=self.num_kv_heads,
+            head_dim=self.head_dim,
+            rope_theta=self.rope_theta,
+            rms_norm_eps=self.norm_eps,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+        )
+
+    def init_cache(self, batch: int, max_frames: int) -> dict:
+        """Empty KV cache for incremental (causal) encoding of up to max_frames frames."""
+        if not self.causal:
+            raise ValueError("a bidirectional encoder cannot run incrementally")
+        return init_cache(self.block_config(), batch, max_frames)
+
+    @nn.compact
+    def __call__(self, z: jax.Array, mask: jax.Array, cache: dict | None = None) -> dict:
+        c = self.block_config()
+        dtype = jnp.dtype(self.dtype)
+        x = nn.Dense(
+            self.width,
+            dtype=dtype,
+            param_dtype=jnp.dtype(self.param_dtype),
+            kernel_init=nn.with_logical_partitioning(_INIT, ("dense_in", "embed")),
+            bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
+            name="input_proj",
+        )(z.astype(dtype))
+        token_mask = mask.astype(bool)
+        if self.causal:
+            attn_mask, positions, cache = attention_layout(token_mask, None, cache)
+        else:
+            if cache is not None:
+                raise ValueError("a bidirectional encoder takes no cache")
+            positions = jnp.maximum(jnp.cumsum(token_mask, axis=1, dtype=jnp.int32) - 1, 0)
+            attn_mask = jnp.broadcast_to(token_mask[:, None, :], token_mask.shape + (z.shape[1],))
+        inv_freq = rope_inv_freq(self.head_dim, self.rope_theta, None)
+        layers = [DecoderLayer(c, inv_freq, name=f"layers_{i}") for i in range(self.depth)]
+        x, _, cache = run_layers(layers, x, positions, attn_mask, cache)
+        out = RMSNorm(self.norm_eps, dtype=dtype, name="final_norm")(x)
+        return {"repr": out, "cache": cache}

@@ -1,0 +1,365 @@
+"""Stage 2 trainer: the representation encoder on frozen latents, RQ-MTP and frozen-LLM losses.
+
+Frozen inside every step, held by the trainer and never part of the optimized state: the
+stage-1 encoder and bottleneck (read from `config.autoencoder.workdir`'s export, run in
+inference mode: no noise, no gradients) and the LLM (from `config.llm.path`). The state is
+  step, rng, skipped,
+  params: {encoder, heads, downsampler, adapter}, opt,
+  quantizer: the frozen random projection and codebooks (saved so targets never change).
+Whether a batch has any transcript is known on the host, so a batch without text runs a step
+variant that never touches the LLM.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from f3_jax import checkpoint, parallel
+from f3_jax.config import ConfigError
+from f3_jax.losses import rq_mtp
+from f3_jax.metrics.wer import word_error_rate
+from f3_jax.models.adapter import Downsampler, LLMAdapter
+from f3_jax.models.autoencoder import Autoencoder
+from f3_jax.models.llm import LLM
+from f3_jax.models.llm_loaders import load_llm
+from f3_jax.models.llm_prompt import (
+    greedy_transcribe,
+    prompt_embeddings,
+    tokenize_texts,
+    transcript_nll,
+)
+from f3_jax.models.quantizer import RandomProjectionQuantizer
+from f3_jax.models.representation import RepresentationEncoder
+from f3_jax.models.rq_mtp import RQMTPHeads
+from f3_jax.trainers import common
+
+BATCH_KEYS = ("audio", "mask", "text_ids", "text_mask")
+AE_EXPORT = "autoencoder"  # subdirectory of this stage's export holding the frozen stage 1
+
+
+def frame_mask(mask: jax.Array, hop: int) -> jax.Array:
+    """(B, L) sample mask -> (B, L / hop) latent-frame mask: frames mostly of real audio."""
+    b, n = mask.shape
+    return (mask[:, : n // hop * hop].reshape(b, -1, hop).mean(axis=-1) > 0.5).astype(jnp.float32)
+
+
+def file_digest(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+class FrozenAutoencoder:
+    """The stage-1 encoder + bottleneck from an export, replicated on the mesh."""
+
+    def __init__(self, workdir: str, sample_rate: int, mesh):
+        export = os.path.join(workdir, checkpoint.EXPORT_DIR)
+        if not os.path.exists(os.path.join(export, "config.json")):
+            raise ConfigError(
+                f"config.autoencoder.workdir={workdir!r} has no {checkpoint.EXPORT_DIR}/"
+                "config.json: train stage 1 there first (python -m f3_jax.train "
+                "--config configs/ae_demo.py --workdir ...)"
+            )
+        variables, self.config, self.step = checkpoint.read_export(export)
+        if int(self.config.sample_rate) != int(sample_rate):
+            raise ConfigError(
+                f"config.sample_rate={sample_rate} differs from the autoencoder's "
+                f"{self.config.sample_rate} ({export}/config.json)"
+            )
+        self.export_dir = export
+        self.digest = file_digest(os.path.join(export, "weights.safetensors"))
+        self.model = Autoencoder.from_config(self.config)
+        self.hop = int(self.config.model.hop)
+        self.latent_dim = int(self.config.model.latent_dim)
+        self.variables = jax.device_put(variables, parallel.replicated(mesh))
+
+    def latents(self, variables, audio, mask):
+        """(B, L) audio -> (B, T, D) clean latents (no gradient) and the (B, T) frame mask."""
+        out = self.model.apply(variables, audio * mask, train=False, method=Autoencoder.encode)
+        return jax.lax.stop_gradient(out["z"]), frame_mask(mask, self.hop)
+
+
+class RepresentationTrainer:
+    """Builds the stage-2 state and its jitted step functions for one mesh."""
+
+    total_loss_key = "loss/total"
+
+    def __init__(self, config, mesh):
+        self.config = config
+        self.mesh = mesh
+        self.ae = FrozenAutoencoder(config.autoencoder.workdir, config.sample_rate, mesh)
+        lc = config.llm
+        self.llm_config, self.llm_params, self.text_tokenizer = load_llm(
+            lc.path, mesh=mesh, param_dtype=lc.param_dtype, dtype=lc.dtype
+        )
+        self.llm = LLM(self.llm_config)
+        self.instruction_ids = np.asarray(self.text_tokenizer.encode(lc.instruction), np.int32)
+        self.encoder = RepresentationEncoder.from_config(config)
+        self.heads = RQMTPHeads.from_config(config)
+        a = config.adapter
+        self.downsampler = Downsampler(a.downsample, a.width, config.compute_dtype)
+        self.adapter = LLMAdapter(a.hidden, self.llm_config.hidden_size, config.compute_dtype)
+        self.quantizer = RandomProjectionQuantizer.from_config(config)
+        o = config.optim
+        self.lr = common.learning_rate_schedule(
+            o.lr, o.warmup_steps, config.train.steps, o.schedule
+        )
+        self.tx = common.adamw(self.lr, o)
+        self.crop = round(config.data.crop_seconds * config.sample_rate)
+        self._abstract, self.shardings = common.state_layout(self._boxed_state, mesh)
+        self._compile()
+
+    # ---- state -------------------------------------------------------------------------
+    def _boxed_state(self) -> dict:
+        key = jax.random.key(self.config.seed)
+        keys = jax.random.split(key, 4)
+        frames = self.crop // self.ae.hop
+        z = jnp.zeros((1, frames, self.ae.latent_dim), jnp.float32)
+        m = jnp.ones((1, frames), jnp.float32)
+        enc = self.encoder.init(keys[0], z, m)
+        r = jnp.zeros((1, frames, self.encoder.width), jnp.float32)
+        down = self.downsampler.init(keys[2], r, m)
+        d = jnp.zeros((1, 1, self.downsampler.width), jnp.float32)
+        params = {
+            "encoder": enc["params"],
+            "heads": self.heads.init(keys[1], r)["params"],
+            "downsampler": down["params"],
+            "adapter": self.adapter.init(keys[3], d)["params"],
+        }
+        quantizer = self.quantizer.init_params(self.config.quantizer.seed, self.ae.latent_dim)
+        return {
+            "step": jnp.zeros((), jnp.int32),
+            "rng": jax.random.key_data(key),
+            "skipped": jnp.zeros((), jnp.int32),
+            "params": params,
+            "opt": self.tx.init(params),
+            "quantizer": quantizer,
+        }
+
+    def initial_state(self) -> dict:
+        return common.sharded_init(self._boxed_state, self.mesh, self.shardings)
+
+    def abstract_state(self) -> dict:
+        return common.abstract_like(self.shardings, self._abstract)
+
+    def frozen(self) -> dict:
+        """The frozen autoencoder and LLM weights (read-only arguments of every step)."""
+        return {"ae": self.ae.variables, "llm": self.llm_params}
+
+    # ---- forward pieces ----------------------------------------------------------------
+    def _targets(self, quantizer, z, fmask):
+        tokens, valid = self.quantizer.apply({"params": quantizer}, z, fmask)
+        targets, tmask = rq_mtp.future_targets(tokens, valid, self.config.rq_mtp.horizons)
+        return tokens, targets, tmask
+
+    def _audio_embeddings(self, params, r, fmask):
+        patches, pmask = self.downsampler.apply({"params": params["downsampler"]}, r, fmask)
+        return self.adapter.apply({"params": params["adapter"]}, patches), pmask
+
+    def _transcript(self, params, llm_params, r, fmask, batch):
+        embeds, pmask = self._audio_embeddings(params, r, fmask)
+        return transcript_nll(
+            self.llm,
+            llm_params,
+            embeds,
+            pmask,
+            self.instruction_ids,
+            batch["text_ids"],
+            batch["text_mask"],
+        )
+
+    # ---- steps -------------------------------------------------------------------------
+    def _train_step(self, trained, quantizer, frozen, batch, *, with_llm: bool):
+        z, fmask = self.ae.latents(frozen["ae"], batch["audio"], batch["mask"])
+        _, targets, tmask = self._targets(quantizer, z, fmask)
+        lc = self.config.loss
+
+        def loss_fn(params):
+            r = self.encoder.apply({"params": params["encoder"]}, z, fmask)["repr"]
+            logits = self.heads.apply({"params": params["heads"]}, r)
+            rq_loss, accuracy = rq_mtp.loss_and_accuracy(logits, targets, tmask)
+            terms = {"rq_mtp": rq_loss}
+            if with_llm:
+                nll, count = self._transcript(params, frozen["llm"], r, fmask, batch)
+                terms["transcript"] = jnp.sum(nll) / jnp.maximum(jnp.sum(count), 1.0)
+            total = lc.rq_mtp_weight * rq_loss
+            if with_llm:
+                total = total + lc.llm_weight * terms["transcript"]
+            return total, (terms, accuracy)
+
+        (total, (terms, accuracy)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            trained["params"]
+        )
+        params, opt, applied, gnorm = common.guarded_update(
+            self.tx, trained["params"], trained["opt"], grads
+        )
+        skipped = 1 - applied.astype(jnp.int32)
+        metrics = {f"loss/{k}": v for k, v in terms.items()} | {
+            "loss/total": total,
+            "grad_norm/total": gnorm,
+            "skipped/step": skipped,
+            "skipped/total": trained["skipped"] + skipped,
+            "lr": self.lr(trained["step"]),
+            "data/text_fraction": jnp.mean(jnp.max(batch["text_mask"], axis=1)),
+        }
+        metrics |= {f"rq_mtp/acc_h{h + 1}": accuracy[h] for h in range(accuracy.shape[0])}
+        new = dict(
+            trained,
+            params=params,
+            opt=opt,
+            step=trained["step"] + 1,
+            skipped=trained["skipped"] + skipped,
+        )
+        return new, metrics
+
+    def _eval_step(self, params, quantizer, frozen, batch):
+        """Per-example (sum, count) pairs of every validation metric, and the LLM prefix."""
+        z, fmask = self.ae.latents(frozen["ae"], batch["audio"], batch["mask"])
+        tokens, targets, tmask = self._targets(quantizer, z, fmask)
+        r = self.encoder.apply({"params": params["encoder"]}, z, fmask)["repr"]
+        stats = rq_mtp.per_example_stats(
+            self.heads.apply({"params": params["heads"]}, r), targets, tmask
+        )
+        baseline = rq_mtp.copy_baseline_correct(targets, tokens, tmask)
+        count, cbs = stats["count"], targets.shape[-1]
+        frames = jnp.sum(count, axis=1)
+        metrics = {"rq_mtp/ce": _mean(stats["ce"] / cbs, frames)}
+        for h in range(count.shape[1]):
+            metrics[f"rq_mtp/acc_h{h + 1}"] = _mean(stats["correct"][:, h].mean(-1), count[:, h])
+            for c in range(cbs):
+                metrics[f"rq_mtp/acc_h{h + 1}_cb{c}"] = _mean(
+                    stats["correct"][:, h, c], count[:, h]
+                )
+        metrics["rq_mtp/copy_baseline_h1"] = _mean(baseline[:, 0].mean(-1), count[:, 0])
+        chance = jnp.full_like(frames, 1.0 / self.quantizer.codebook_size)
+        metrics["rq_mtp/chance"] = (chance, count[:, 0])
+        nll, ntok = self._transcript(params, frozen["llm"], r, fmask, batch)
+        metrics["transcript/nll"] = _mean(nll, ntok)
+        embeds, pmask = self._audio_embeddings(params, r, fmask)
+        prefix, prefix_mask = prompt_embeddings(
+            self.llm, frozen["llm"], embeds, pmask, self.instruction_ids
+        )
+        return metrics, {"prefix": prefix, "prefix_mask": prefix_mask}
+
+    def _represent(self, params, frozen, audio, mask):
+        z, fmask = self.ae.latents(frozen["ae"], audio, mask)
+        return self.encoder.apply({"params": params["encoder"]}, z, fmask)["repr"], fmask
+
+    def _compile(self) -> None:
+        s = self.shardings
+        rep = parallel.replicated(self.mesh)
+        batch_s = {k: parallel.batch_sharding(self.mesh, 2) for k in BATCH_KEYS}
+        trained_s = {k: s[k] for k in ("step", "rng", "skipped", "params", "opt")}
+        frozen_s = jax.tree.map(lambda x: x.sharding, self.frozen())
+        self._steps = {
+            on: jax.jit(
+                functools.partial(self._train_step, with_llm=on),
+                in_shardings=(trained_s, s["quantizer"], frozen_s, batch_s),
+                out_shardings=(trained_s, rep),
+                donate_argnums=(0,),
+            )
+            for on in (False, True)
+        }
+        self._eval_jit = jax.jit(
+            self._eval_step,
+            in_shardings=(s["params"], s["quantizer"], frozen_s, batch_s),
+        )
+        self._represent_jit = jax.jit(self._represent)
+
+    # ---- public step API used by the train loop ----------------------------------------
+    def host_batch(self, local: dict) -> dict:
+        """This process's numpy batch with the transcripts tokenized for the LLM."""
+        ids, mask = tokenize_texts(
+            self.text_tokenizer, local["text"], self.config.llm.max_text_tokens
+        )
+        return {"audio": local["audio"], "mask": local["mask"], "text_ids": ids, "text_mask": mask}
+
+    def train_step(self, state: dict, batch: dict, step: int) -> tuple[dict, dict]:
+        with_llm = bool(np.any(parallel.to_host(jnp.max(batch["text_mask"]))))
+        trained = {k: state[k] for k in ("step", "rng", "skipped", "params", "opt")}
+        batch = {k: batch[k] for k in BATCH_KEYS}
+        with jax.set_mesh(self.mesh):
+            trained, metrics = self._steps[with_llm](
+                trained, state["quantizer"], self.frozen(), batch
+            )
+        return dict(state, **trained), metrics
+
+    def log_metrics(self, state: dict, batch: dict, step: int) -> dict:
+        return {}
+
+    def eval_step(self, state: dict, batch: dict) -> tuple[dict, dict]:
+        batch = {k: batch[k] for k in BATCH_KEYS}
+        with jax.set_mesh(self.mesh):
+            return self._eval_jit(state["params"], state["quantizer"], self.frozen(), batch)
+
+    def eval_samples(self, writer, step: int, local: dict, outputs: dict, state: dict) -> dict:
+        """Greedy transcription of the first utterances of a valid batch; their WER."""
+        n = min(self.config.eval.num_transcribe, len(local["text"]))
+        if n == 0:
+            return {}
+        prefix, mask = parallel.to_host((outputs["prefix"], outputs["prefix_mask"]))
+        with jax.set_mesh(self.mesh):
+            ids = greedy_transcribe(
+                self.llm_params,
+                self.llm_config,
+                jnp.asarray(prefix[:n]),
+                jnp.asarray(mask[:n]),
+                self.config.eval.max_new_tokens,
+                self.text_tokenizer.eos_id,
+            )
+        hyps = [self.text_tokenizer.decode(row).strip() for row in ids]
+        refs = [str(t) for t in local["text"][:n]]
+        wer = word_error_rate(refs, hyps)
+        lines = [f"| {r} | {h} |" for r, h in zip(refs, hyps)]
+        writer.text(step, "transcripts", "| reference | greedy |\n|---|---|\n" + "\n".join(lines))
+        return {"transcript/wer": wer}
+
+    def inference_variables(self, state: dict) -> dict:
+        return {"params": state["params"], "quantizer": state["quantizer"]}
+
+    def export(self, workdir: str, state: dict, step: int) -> None:
+        """WORKDIR/export: this stage's weights and config, plus a copy of the frozen stage 1."""
+        variables = parallel.to_host(self.inference_variables(state))
+        checkpoint.write_export(workdir, variables, self.config, step)
+        if jax.process_index() != 0:
+            return
+        dest = os.path.join(workdir, checkpoint.EXPORT_DIR, AE_EXPORT)
+        have = os.path.join(dest, "weights.safetensors")
+        if os.path.exists(have) and file_digest(have) == self.ae.digest:
+            return
+        tmp = dest + ".tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(self.ae.export_dir, tmp, ignore=shutil.ignore_patterns(AE_EXPORT))
+        shutil.rmtree(dest, ignore_errors=True)
+        os.replace(tmp, dest)
+
+    def represent(self, state: dict, audio, mask):
+        """(B, L) audio -> (B, T, width) representations and the (B, T) frame mask."""
+        with jax.set_mesh(self.mesh):
+            return self._represent_jit(state["params"], self.frozen(), audio, mask)
+
+    def parameter_count(self) -> int:
+        return sum(int(x.size) for x in jax.tree.leaves(self._abstract["params"]))
+
+    def step_flops(self, state: dict, batch: dict, step: int) -> float:
+        trained = {k: state[k] for k in ("step", "rng", "skipped", "params", "opt")}
+        batch = {k: batch[k] for k in BATCH_KEYS}
+        with jax.set_mesh(self.mesh):
+            lowered = self._steps[True].lower(trained, state["quantizer"], self.frozen(), batch)
+            cost = lowered.compile().cost_analysis()
+        cost = cost[0] if isinstance(cost, list) else cost
+        return float(cost.get("flops", 0.0)) if cost else 0.0
+
+
+def _mean(total: jax.Array, count: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Per-example (mean, weight) from a per-example sum over `count` items."""
+    return total / jnp.maximum(count, 1.0), count
