@@ -1,5 +1,6 @@
 """python -m f3_jax.tokenize encode IN.wav OUT.npy --workdir DIR
    python -m f3_jax.tokenize decode IN.npy OUT.wav --workdir DIR
+   python -m f3_jax.tokenize represent IN.wav OUT.npy --workdir STAGE2_DIR
 
 Audio files in any format f3_jax.data.audio_io reads (resampled to the model's rate); latents
 as (T, D) float32 .npy files. Decoding writes T * hop samples at the model's rate: encoding pads
@@ -22,23 +23,25 @@ _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest
 _CHUNK = flags.DEFINE_integer("chunk_frames", 500, "Latent frames per window (memory vs speed).")
 
 USAGE = (
-    "usage: python -m f3_jax.tokenize {encode IN.wav OUT.npy | decode IN.npy OUT.wav} --workdir DIR"
+    "usage: python -m f3_jax.tokenize {encode IN.wav OUT.npy | decode IN.npy OUT.wav | "
+    "represent IN.wav OUT.npy} --workdir DIR"
 )
 
 
 def main(argv: list[str]) -> None:
     """Encodes or decodes one file; prints the shapes and the speed."""
-    if len(argv) != 4 or argv[1] not in ("encode", "decode") or not _WORKDIR.value:
+    if len(argv) != 4 or argv[1] not in ("encode", "decode", "represent") or not _WORKDIR.value:
         sys.exit(USAGE)
     command, src, dst = argv[1:]
     tok = Tokenizer.from_checkpoint(_WORKDIR.value, step=_STEP.value, chunk_frames=_CHUNK.value)
     start = time.perf_counter()
-    if command == "encode":
+    if command in ("encode", "represent"):
         wav = load_audio(src, tok.sample_rate)
-        z = tok.encode(wav)
+        z = tok.encode(wav) if command == "encode" else tok.represent(wav)
         np.save(dst, z.astype(np.float32))
         seconds = len(wav) / tok.sample_rate
-        print(f"{src}: {seconds:.2f} s -> latents {z.shape} in {dst}")
+        name = "latents" if command == "encode" else "representations"
+        print(f"{src}: {seconds:.2f} s -> {name} {z.shape} in {dst}")
     else:
         z = np.load(src, allow_pickle=False)
         if z.ndim != 2 or z.shape[1] != tok.latent_dim:

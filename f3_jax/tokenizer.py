@@ -3,6 +3,8 @@
     tok = f3_jax.Tokenizer.from_checkpoint("runs/ae_demo")
     z = tok.encode(wav, sample_rate=16000)     # (T, 64) at 50 Hz for the 24 kHz configs
     wav24k = tok.decode(z)                     # (T * hop,) at tok.sample_rate
+    tok2 = f3_jax.Tokenizer.from_checkpoint("runs/repr_demo")   # a stage-2 workdir
+    r = tok2.represent(wav, sample_rate=16000)  # (T, width) representations at 50 Hz
 
 Long inputs are cut into overlapping windows of a few fixed lengths; each window keeps only
 its centre, at least one receptive-field radius away from the window's cut edges, so the
@@ -129,6 +131,7 @@ class Tokenizer:
         *,
         chunk_frames: int = 500,
         batch_windows: int = 8,
+        representation: tuple[ml_collections.ConfigDict, dict] | None = None,
     ):
         self.config = config
         self.sample_rate = int(config.sample_rate)
@@ -144,6 +147,9 @@ class Tokenizer:
             lambda v, x: self.model.apply(v, x, train=False, method=Autoencoder.encode)["z"]
         )
         # Frames on an axis of their own: (B, T * hop) -> (B, T, hop), like encode's (B, T, D).
+        self.representation_config = None
+        if representation is not None:
+            self._init_representation(*representation)
         self._decode = jax.jit(
             lambda v, z: self.model.apply(v, z, method=Autoencoder.decode).reshape(
                 z.shape[0], z.shape[1], self.hop
@@ -153,14 +159,37 @@ class Tokenizer:
     @classmethod
     def from_checkpoint(cls, workdir: str, step: int | None = None, **kwargs) -> Tokenizer:
         """From WORKDIR/export when it holds `step` (default: any), else from the Orbax
-        checkpoint `step` (default: the latest), using its EMA weights when it has them."""
+        checkpoint `step` (default: the latest), using its EMA weights when it has them.
+
+        A stage-2 workdir gives a tokenizer that also has `represent`: its export holds the
+        representation encoder and a copy of the frozen autoencoder it was trained on.
+        """
         export = os.path.join(workdir, checkpoint.EXPORT_DIR)
         if os.path.exists(os.path.join(export, "config.json")):
             variables, config, export_step = checkpoint.read_export(export)
+            if config.stage == "representation":
+                if step is not None and step != export_step:
+                    raise FileNotFoundError(
+                        f"{export} holds step {export_step}, not {step} (stage-2 tokenizers "
+                        "load exports only)"
+                    )
+                ae_vars, ae_config, _ = checkpoint.read_export(os.path.join(export, "autoencoder"))
+                return cls(ae_config, ae_vars, representation=(config, variables), **kwargs)
             if step is None or step == export_step:
                 return cls(config, variables, **kwargs)
         config, variables = _from_orbax(workdir, step)
         return cls(config, variables, **kwargs)
+
+    def _init_representation(self, config: ml_collections.ConfigDict, variables: dict) -> None:
+        from f3_jax.models.representation import RepresentationEncoder
+
+        self.representation_config = config
+        encoder = RepresentationEncoder.from_config(config)
+        self.representation_width = encoder.width
+        self._repr_params = jax.tree.map(jnp.asarray, variables["params"]["encoder"])
+        self._represent = jax.jit(
+            lambda p, z, m: encoder.apply({"params": p}, z, m)["repr"].astype(jnp.float32)
+        )
 
     def _run(
         self,
@@ -227,6 +256,23 @@ class Tokenizer:
                 raise ValueError(f"latents of width {z.shape[-1]}, expected {self.latent_dim}")
         out = self._run(self._decode, signals, 1, self.dec_lengths, self.dec_context, (self.hop,))
         return _restore([o.reshape(-1) for o in out], kind)
+
+    def represent(self, wav, sample_rate: int | None = None):
+        """Audio -> stage-2 representations at the latent frame rate: (L,) -> (T, width);
+        (B, L) -> (B, T, width); list -> list. T as for `encode`."""
+        if self.representation_config is None:
+            raise ValueError("this tokenizer has no representation encoder: load a stage-2 workdir")
+        latents, kind = _as_list(self.encode(wav, sample_rate), 2)
+        # Padded to whole seconds so that few shapes compile; the mask hides the padding.
+        unit = max(1, self.sample_rate // self.hop)
+        frames = max(len(z) for z in latents)
+        frames += (-frames) % unit
+        z = np.zeros((len(latents), frames, self.latent_dim), np.float32)
+        mask = np.zeros((len(latents), frames), np.float32)
+        for i, lat in enumerate(latents):
+            z[i, : len(lat)], mask[i, : len(lat)] = lat, 1.0
+        r = np.asarray(self._represent(self._repr_params, jnp.asarray(z), jnp.asarray(mask)))
+        return _restore([r[i, : len(lat)] for i, lat in enumerate(latents)], kind)
 
 
 def _from_orbax(workdir: str, step: int | None) -> tuple[ml_collections.ConfigDict, dict]:

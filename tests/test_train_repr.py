@@ -1,0 +1,143 @@
+"""Stage-2 trainer: frozen modules stay frozen, sharded steps equal single-device steps."""
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+
+from f3_jax import checkpoint, parallel
+from f3_jax.config import ConfigError
+from f3_jax.models.quantizer import RandomProjectionQuantizer
+from f3_jax.tokenizer import Tokenizer
+from f3_jax.trainers.representation import RepresentationTrainer
+from tests.repr_fixtures import repr_batch, tiny_repr_config
+
+
+def _trainer(config, mesh_shape, devices):
+    mesh_cfg = ml_collections.ConfigDict(dict(zip(("data", "fsdp", "tensor"), mesh_shape)))
+    return RepresentationTrainer(config, parallel.make_mesh(mesh_cfg, devices))
+
+
+def _steps(trainer, state, local, count):
+    batch = parallel.global_batch(trainer.host_batch(local), trainer.mesh)
+    metrics = []
+    for i in range(count):
+        state, m = trainer.train_step(state, batch, i)
+        jax.block_until_ready(state)
+        metrics.append(jax.device_get(m))
+    return state, metrics
+
+
+def _flat(tree):
+    return checkpoint._flat_params(jax.device_get(tree))
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("repr"))
+
+
+@pytest.fixture(scope="module")
+def single(root):
+    config = tiny_repr_config(root)
+    trainer = _trainer(config, (1, 1, 1), jax.devices()[:1])
+    frozen_before = _flat(trainer.frozen())
+    init = trainer.initial_state()
+    host_init = jax.device_get(init)
+    state, metrics = _steps(trainer, init, repr_batch(config), 2)
+    return config, trainer, host_init, state, metrics, frozen_before
+
+
+def test_frozen_modules_unchanged_and_trained_ones_move(single):
+    _, trainer, host_init, state, metrics, frozen_before = single
+    after = _flat(trainer.frozen())
+    assert after.keys() == frozen_before.keys()
+    assert all(np.array_equal(after[k], frozen_before[k]) for k in after)
+    q_before, q_after = _flat(host_init["quantizer"]), _flat(state["quantizer"])
+    assert all(np.array_equal(q_after[k], q_before[k]) for k in q_after)
+    before, now = host_init["params"], jax.device_get(state["params"])
+    for part in ("encoder", "heads", "downsampler", "adapter"):
+        b, a = _flat(before[part]), _flat(now[part])
+        assert any(not np.array_equal(a[k], b[k]) for k in a), part
+    assert all("loss/transcript" in m and np.isfinite(m["loss/total"]) for m in metrics)
+
+
+def test_quantizer_targets_do_not_depend_on_the_model_seed(root):
+    a = tiny_repr_config(root)
+    b = tiny_repr_config(root, seed=5)
+    pa = RandomProjectionQuantizer.from_config(a).init_params(a.quantizer.seed, 8)
+    pb = RandomProjectionQuantizer.from_config(b).init_params(b.quantizer.seed, 8)
+    assert all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(pa), jax.tree.leaves(pb)))
+
+
+def test_batch_without_text_skips_the_llm_term(single):
+    config, trainer, *_ = single
+    local = repr_batch(config, seed=1)
+    local["text"] = np.array([""] * len(local["text"]), dtype=object)
+    state = trainer.initial_state()
+    _, metrics = _steps(trainer, state, local, 1)
+    assert "loss/transcript" not in metrics[0] and metrics[0]["data/text_fraction"] == 0.0
+
+
+def test_sharded_step_equals_single_device(single):
+    config, _, host_init, ref_state, ref_metrics, _ = single
+    trainer = _trainer(config, (2, 2, 2), jax.devices())
+    init = trainer.initial_state()
+    assert any(
+        x.addressable_shards[0].data.shape != x.shape for x in jax.tree.leaves(init["params"])
+    )
+    init_flat, ref_init = _flat(init), _flat(host_init)
+    assert all(np.array_equal(init_flat[k], ref_init[k]) for k in ref_init)
+    state, metrics = _steps(trainer, init, repr_batch(config), 2)
+    for m, r in zip(metrics, ref_metrics):
+        np.testing.assert_allclose(m["loss/total"], r["loss/total"], rtol=2e-5)
+    got, want = _flat(state["params"]), _flat(ref_state["params"])
+    for k in want:
+        np.testing.assert_allclose(got[k], want[k], rtol=2e-4, atol=3e-5, err_msg=k)
+
+
+def test_eval_step_and_represent(single):
+    config, trainer, _, state, *_ = single
+    local = repr_batch(config)
+    batch = parallel.global_batch(trainer.host_batch(local), trainer.mesh)
+    metrics, outputs = trainer.eval_step(state, batch)
+    value, weight = jax.device_get(metrics["rq_mtp/acc_h1"])
+    assert value.shape == (8,) and np.all((0 <= value) & (value <= 1)) and weight.sum() > 0
+    nll, ntok = jax.device_get(metrics["transcript/nll"])
+    assert ntok[2] == 0 and ntok[0] > 0
+    assert outputs["prefix"].shape[0] == 8
+    r, fmask = trainer.represent(state, batch["audio"], batch["mask"])
+    assert r.shape == (8, 80, config.encoder.width) and fmask.shape == (8, 80)
+
+
+def test_missing_autoencoder_export_is_named(root, tmp_path):
+    config = tiny_repr_config(root)
+    config.autoencoder.workdir = str(tmp_path / "nothing")
+    with pytest.raises(ConfigError, match="autoencoder.workdir.*nothing"):
+        _trainer(config, (1, 1, 1), jax.devices()[:1])
+
+
+def test_sample_rate_mismatch_is_named(root):
+    config = tiny_repr_config(root, sample_rate=16000)
+    with pytest.raises(ConfigError, match="sample_rate=16000"):
+        _trainer(config, (1, 1, 1), jax.devices()[:1])
+
+
+def test_export_gives_a_tokenizer_that_represents(single, tmp_path):
+    config, trainer, _, state, *_ = single
+    trainer.export(str(tmp_path), state, 2)
+    tok = Tokenizer.from_checkpoint(str(tmp_path))
+    local = repr_batch(config)
+    wav = local["audio"][0]  # a whole (unpadded) clip
+    got = tok.represent(wav)
+    batch = parallel.global_batch(trainer.host_batch(local), trainer.mesh)
+    want = jax.device_get(trainer.represent(state, batch["audio"], batch["mask"])[0])[0]
+    assert got.shape == want.shape == (80, config.encoder.width)
+    np.testing.assert_allclose(got, want, atol=2e-4)
+    np.testing.assert_allclose(
+        tok.encode(wav), jax.device_get(_latents(trainer, batch))[0], atol=1e-5
+    )
+
+
+def _latents(trainer, batch):
+    return trainer.ae.latents(trainer.ae.variables, batch["audio"], batch["mask"])[0]
