@@ -1,0 +1,95 @@
+"""The files of WORKDIR/eval/: what was evaluated, every metric per step, and per-step details.
+
+  evaluated.json          {split: [steps]}: each step is evaluated once per split (--watch)
+  metrics.json            {step: {"<split>/<name>": value}}: every scalar of every evaluation
+  details/<split>-<step>.json   the step's report panels and headline metrics
+  figures/                PNGs of the report (report.py)
+
+Every JSON file is written to a temporary name and renamed, so a reader (or a killed eval)
+never sees half a file. Non-finite values are stored as null (JSON has no NaN).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+EVAL_DIR = "eval"
+
+
+def write_json(path: str, value) -> None:
+    """Atomic: a temporary file in the same directory, then os.replace."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(_finite(value), f, indent=1, sort_keys=True, allow_nan=False)
+    os.replace(tmp, path)
+
+
+def read_json(path: str, default):
+    if not os.path.exists(path):
+        return default
+    with open(path) as f:
+        return json.load(f)
+
+
+def _finite(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
+class EvalStore:
+    """Reads and updates the files of one WORKDIR/eval directory (one eval process at a time)."""
+
+    def __init__(self, workdir: str):
+        self.directory = os.path.join(workdir, EVAL_DIR)
+        self.figures = os.path.join(self.directory, "figures")
+        self.details_dir = os.path.join(self.directory, "details")
+        for d in (self.directory, self.figures, self.details_dir):
+            os.makedirs(d, exist_ok=True)
+
+    def _path(self, name: str) -> str:
+        return os.path.join(self.directory, name)
+
+    def evaluated(self, split: str) -> list[int]:
+        return sorted(int(s) for s in read_json(self._path("evaluated.json"), {}).get(split, []))
+
+    def mark_evaluated(self, split: str, step: int) -> None:
+        record = read_json(self._path("evaluated.json"), {})
+        record[split] = sorted({int(s) for s in record.get(split, [])} | {int(step)})
+        write_json(self._path("evaluated.json"), record)
+
+    def metrics(self) -> dict[int, dict[str, float]]:
+        """{step: {name: value}}, steps ascending; null values come back as NaN."""
+        raw = read_json(self._path("metrics.json"), {})
+        return {
+            int(step): {k: float("nan") if v is None else v for k, v in values.items()}
+            for step, values in sorted(raw.items(), key=lambda kv: int(kv[0]))
+        }
+
+    def add_metrics(self, step: int, values: dict[str, float]) -> None:
+        """Merges one evaluation's scalars into metrics.json (a re-evaluation overwrites)."""
+        raw = read_json(self._path("metrics.json"), {})
+        raw.setdefault(str(int(step)), {}).update({k: float(v) for k, v in values.items()})
+        write_json(self._path("metrics.json"), raw)
+
+    def write_details(self, split: str, step: int, details: dict) -> None:
+        write_json(os.path.join(self.details_dir, f"{split}-{int(step)}.json"), details)
+
+    def details(self, split: str) -> dict[int, dict]:
+        """{step: details} of a split, steps ascending."""
+        out = {}
+        prefix = f"{split}-"
+        for name in os.listdir(self.details_dir):
+            stem = name[: -len(".json")]
+            if name.endswith(".json") and stem.startswith(prefix) and stem[len(prefix) :].isdigit():
+                out[int(stem[len(prefix) :])] = read_json(os.path.join(self.details_dir, name), {})
+        return dict(sorted(out.items()))
+
+    def splits(self) -> list[str]:
+        return sorted(read_json(self._path("evaluated.json"), {}))

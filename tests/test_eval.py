@@ -1,0 +1,334 @@
+"""`python -m f3_jax.eval`: one checkpoint from another mesh, --watch, the files it writes.
+
+The CLI runs as real subprocesses on one CPU device, over checkpoints this process saves from
+an 8-device (2, 2, 2) mesh, and shares a persistent XLA compilation cache with later runs (the
+first run compiles; compiling dominates such short runs on CPU). Small pieces (the read-only
+checkpoint reader, the eval files, the metrics added for eval) are tested in-process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from f3_jax import checkpoint, parallel
+from f3_jax.data.synthetic import tone, write_record_dir
+from f3_jax.evaluators.checkpoints import CheckpointReader
+from f3_jax.evaluators.store import EvalStore
+from f3_jax.losses.spectral import multi_resolution_stft_loss
+from f3_jax.metrics.latents import LatentStats, frame_mask, latent_sums
+from f3_jax.metrics.stft_distance import stft_distance
+from f3_jax.trainers.autoencoder import AutoencoderTrainer
+from tests.ae_fixtures import tiny_ae_config
+
+REPO = Path(__file__).resolve().parents[1]
+SR = 8000
+STEPS = 4  # the config's train.steps: --watch ends once this step is evaluated
+RUN_TIMEOUT_S = 300  # one eval subprocess, cold compile on a loaded 2-core machine included
+WORDS = ["one two three", "four five", "six seven eight nine", "ten"]
+
+CONFIG_TEMPLATE = '''
+"""Tiny stage-1 config for the eval CLI tests (written by tests/test_eval.py)."""
+
+from tests.ae_fixtures import tiny_ae_config
+
+
+def get_config():
+    c = tiny_ae_config()
+    c.data.path = {data_path!r}
+    c.data.eval_batch_size = 4
+    c.data.eval_max_seconds = 0.5
+    c.data.eval_bucket_seconds = (0.5,)
+    c.train.steps = {steps}
+    c.mesh.data, c.mesh.fsdp, c.mesh.tensor = 2, 2, 2  # the training mesh, not the eval one
+    return c
+'''
+
+
+def _utterances(n: int, seed: int) -> list[dict]:
+    rng = np.random.default_rng(seed)
+    return [
+        {
+            "wav": tone(rng.uniform(0.3, 0.5), SR, rng),
+            "id": f"s{seed}-{i:02d}",
+            "text": WORDS[i % len(WORDS)],
+            "labels": {"words_per_second": float(i % 3)},
+        }
+        for i in range(n)
+    ]
+
+
+def _env(cache_dir: Path) -> dict:
+    env = dict(os.environ)
+    # conftest asks for 8 host devices; the eval runs get one, unlike the saving mesh.
+    flags = env.get("XLA_FLAGS", "").split()
+    env["XLA_FLAGS"] = " ".join(f for f in flags if "force_host_platform_device_count" not in f)
+    env["JAX_PLATFORMS"] = "cpu"
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env["JAX_COMPILATION_CACHE_DIR"] = str(cache_dir)
+    env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+    env["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "-1"
+    return env
+
+
+class Run:
+    """An eval subprocess with its log in a file (orbax logs more than a pipe holds)."""
+
+    def __init__(self, tmp: Path, env: dict, config: Path, workdir: Path, name: str, *args):
+        cmd = [sys.executable, "-m", "f3_jax.eval", "--config", str(config),
+               "--workdir", str(workdir), *args]  # fmt: skip
+        self.log_path = tmp / f"{name}.log"
+        with open(self.log_path, "w") as log:
+            self.proc = subprocess.Popen(cmd, cwd=tmp, env=env, stdout=log, stderr=log)
+        self.started = time.monotonic()
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+    def tail(self, lines: int = 40) -> str:
+        return "\n".join(self.log().splitlines()[-lines:])
+
+    def wait_until(self, what: str, ready) -> None:
+        while not ready():
+            if self.proc.poll() is not None:
+                pytest.fail(f"eval exited ({self.proc.returncode}) before {what}:\n{self.tail()}")
+            if time.monotonic() - self.started > RUN_TIMEOUT_S:
+                self.proc.kill()
+                pytest.fail(f"no {what} after {RUN_TIMEOUT_S} s:\n{self.tail()}")
+            time.sleep(0.05)
+
+    def finish(self) -> int:
+        try:
+            left = RUN_TIMEOUT_S - (time.monotonic() - self.started)
+            return self.proc.wait(timeout=max(1.0, left))
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            pytest.fail(f"eval ran past {RUN_TIMEOUT_S} s:\n{self.tail()}")
+
+
+class Setup:
+    """A tiny dataset and config, a workdir, and a stage-1 state on a (2, 2, 2) mesh."""
+
+    def __init__(self, tmp: Path, cache_dir: Path):
+        self.tmp = tmp
+        data = tmp / "data"
+        write_record_dir(
+            str(data), {"train": _utterances(4, 0), "valid": _utterances(4, 1)}, sample_rate=SR
+        )
+        self.config_path = tmp / "tiny_eval_config.py"
+        self.config_path.write_text(CONFIG_TEMPLATE.format(data_path=str(data), steps=STEPS))
+        self.config = tiny_ae_config(
+            **{"data.path": str(data), "train.steps": STEPS, "mesh.data": 2, "mesh.fsdp": 2}
+        )
+        self.config.mesh.tensor = 2
+        self.env = _env(cache_dir)
+        self.workdir = tmp / "run"
+        mesh = parallel.make_mesh(self.config.mesh, jax.devices())
+        self.trainer = AutoencoderTrainer(self.config, mesh)
+        self.state = self.trainer.initial_state()
+        # The training side's manager, made once: a new one would delete tmp directories.
+        self.ckpt = checkpoint.Checkpointer(str(self.workdir))
+
+    def save(self, step: int, wait: bool = True) -> None:
+        self.ckpt.save(step, self.state, None, self.config, force=True)
+        if wait:
+            self.ckpt.wait()
+
+    def run(self, name: str, *args) -> Run:
+        return Run(self.tmp, self.env, self.config_path, self.workdir, name, *args)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, pytestconfig) -> Setup:
+    tmp = tmp_path_factory.mktemp("eval_cli")
+    cache = getattr(pytestconfig, "cache", None)  # None under -p no:cacheprovider
+    cache_dir = Path(cache.mkdir("f3_jax_xla_cache")) if cache is not None else tmp / "jax_cache"
+    s = Setup(tmp, cache_dir)
+    yield s
+    s.ckpt.close()
+
+
+def _tree_snapshot(root: Path) -> dict[str, tuple]:
+    return {
+        str(p.relative_to(root)): (p.is_dir(), p.stat().st_size, p.stat().st_mtime_ns)
+        for p in sorted(root.rglob("*"))
+    }
+
+
+def _eval_json(setup: Setup, name: str):
+    return json.loads((setup.workdir / "eval" / name).read_text())
+
+
+def _jsonl_steps(setup: Setup) -> list[int]:
+    lines = (setup.workdir / "eval" / "metrics.jsonl").read_text().splitlines()
+    return [json.loads(line)["step"] for line in lines]
+
+
+@pytest.fixture(scope="module")
+def single(setup) -> tuple[Run, float]:
+    """`--step 1` on a checkpoint of the (2, 2, 2) mesh, in a one-device process."""
+    setup.save(1)
+    before = _tree_snapshot(setup.workdir / "checkpoints")
+    run = setup.run("single", "--step", "1", "--num_threads", "2")
+    code = run.finish()
+    assert code == 0, run.tail()
+    assert _tree_snapshot(setup.workdir / "checkpoints") == before  # read-only
+    return run, time.monotonic() - run.started
+
+
+STAGE1_METRICS = (
+    "mel_distance", "stft_distance", "si_sdr", "pesq", "stoi", "wer/original",
+    "wer/reconstruction", "wer/difference", "latent/channel_std_mean", "latent/frame_rms_mean",
+    "robustness/mel_sigma_0", "robustness/mel_sigma_0.05", "robustness/mel_sigma_1",
+)  # fmt: skip
+
+
+def test_checkpoint_of_an_8_device_mesh_evaluates_on_one_device(setup, single):
+    assert "mesh {'data': 1, 'fsdp': 1, 'tensor': 1}" in single[0].log(), single[0].tail()
+    metrics = _eval_json(setup, "metrics.json")
+    assert list(metrics) == ["1"]
+    values = metrics["1"]
+    for name in STAGE1_METRICS:
+        assert f"valid/{name}" in values, (name, sorted(values))
+    for name in ("mel_distance", "stft_distance", "si_sdr", "wer/original"):
+        assert np.isfinite(values[f"valid/{name}"]), (name, values)
+    assert values["valid/num_examples"] == 4
+    # sigma 0 decodes the clean latents: the robustness curve starts at the reconstruction.
+    np.testing.assert_allclose(
+        values["valid/robustness/mel_sigma_0"], values["valid/mel_distance"], rtol=1e-5
+    )
+    curve = [values[f"valid/robustness/mel_sigma_{s}"] for s in ("0", "0.2", "1")]
+    assert curve[0] <= curve[1] <= curve[2], curve
+    assert _eval_json(setup, "evaluated.json") == {"valid": [1]}
+    details = _eval_json(setup, "details/valid-1.json")
+    assert details["num_devices"] == 1
+
+
+def test_report_has_the_metrics_and_its_figures(setup, single):
+    report = (setup.workdir / "eval" / "report.md").read_text()
+    for name in ("mel_distance", "pesq", "stoi", "wer/reconstruction", "Robustness", "sigma"):
+        assert name in report, name
+    figures = [line.split("](", 1)[1][:-1] for line in report.splitlines() if "](figures/" in line]
+    names = {Path(f).name for f in figures}
+    assert {"curves_valid.png", "robustness_valid.png", "spectrogram_valid_1_0.png"} <= names
+    for f in figures:
+        assert (setup.workdir / "eval" / f).stat().st_size > 1000, f
+    events = list((setup.workdir / "eval").glob("events.out.tfevents.*"))
+    assert events and events[0].stat().st_size > 1000
+
+
+def test_watch_evaluates_each_new_checkpoint_once_and_stops_at_the_last(setup, single):
+    ckpts = setup.workdir / "checkpoints"
+    unfinished = ckpts / "3.orbax-checkpoint-tmp-1234567"  # a save still being written
+    (unfinished / "state").mkdir(parents=True)
+    run = setup.run("watch", "--watch", "--poll_s", "0.1", "--timeout_s", "120")
+    run.wait_until("the watch loop", lambda: "watching" in run.log())
+    setup.save(2, wait=False)  # async: its tmp directory exists while eval polls
+    setup.ckpt.wait()
+    evaluated = lambda: _eval_json(setup, "evaluated.json")["valid"]
+    run.wait_until("step 2 evaluated", lambda: 2 in evaluated())
+    setup.save(STEPS)
+    assert run.finish() == 0, run.tail()
+    assert evaluated() == [1, 2, STEPS]
+    # Step 1 (evaluated by the earlier process) was not evaluated again; 2 and 4 once each.
+    assert _jsonl_steps(setup) == [1, 2, STEPS]
+    assert sorted(_eval_json(setup, "metrics.json"), key=int) == ["1", "2", str(STEPS)]
+    assert unfinished.is_dir()  # skipped, and never cleaned up by the reader
+    report = (setup.workdir / "eval" / "report.md").read_text()
+    assert f"latest step {STEPS}" in report and "Evaluated steps: 1, 2, 4." in report
+
+    # Everything evaluated: a new watcher has nothing to do and ends at once.
+    again = setup.run("watch_again", "--watch", "--poll_s", "0.1", "--timeout_s", "60")
+    assert again.finish() == 0, again.tail()
+    assert _jsonl_steps(setup) == [1, 2, STEPS]
+
+
+# ---- in-process pieces ---------------------------------------------------------------------
+def test_reader_lists_finalized_steps_and_restores_strictly(tmp_path):
+    state = {"gen": {"params": {"w": jnp.arange(6.0).reshape(2, 3)}}, "step": jnp.int32(7)}
+    ckpt = checkpoint.Checkpointer(str(tmp_path))
+    ckpt.save(7, state, None, tiny_ae_config())
+    ckpt.wait()
+    (tmp_path / "checkpoints" / "9.orbax-checkpoint-tmp-42").mkdir()
+    before = _tree_snapshot(tmp_path)
+    reader = CheckpointReader(str(tmp_path))
+    assert reader.steps() == [7] and reader.latest_step() == 7
+    assert reader.saved_config(7)["config"]["stage"] == "autoencoder"
+    target = jax.eval_shape(lambda: state)
+    restored = reader.restore_state(7, target)
+    np.testing.assert_array_equal(restored["gen"]["params"]["w"], np.arange(6.0).reshape(2, 3))
+    target["gen"]["params"]["b"] = jax.ShapeDtypeStruct((3,), jnp.float32)
+    with pytest.raises(checkpoint.CheckpointMismatchError, match="gen/params/b"):
+        reader.restore_state(7, target)
+    assert _tree_snapshot(tmp_path) == before
+    assert CheckpointReader(str(tmp_path / "nothing")).steps() == []
+    assert not (tmp_path / "nothing").exists()
+
+
+def test_store_records_steps_and_metrics(tmp_path):
+    store = EvalStore(str(tmp_path))
+    assert store.evaluated("valid") == []
+    store.add_metrics(200, {"valid/a": 1.0, "valid/pesq": float("nan")})
+    store.add_metrics(100, {"valid/a": 2.0})
+    store.add_metrics(200, {"test/a": 3.0})
+    store.mark_evaluated("valid", 200)
+    store.mark_evaluated("valid", 100)
+    store.mark_evaluated("test", 200)
+    assert store.evaluated("valid") == [100, 200] and store.splits() == ["test", "valid"]
+    metrics = store.metrics()
+    assert list(metrics) == [100, 200]
+    assert metrics[200]["valid/a"] == 1.0 and metrics[200]["test/a"] == 3.0
+    assert np.isnan(metrics[200]["valid/pesq"])
+    raw = (tmp_path / "eval" / "metrics.json").read_text()
+    assert "NaN" not in raw and json.loads(raw)["200"]["valid/pesq"] is None
+    assert not [p for p in (tmp_path / "eval").iterdir() if ".tmp" in p.name]
+
+
+def test_stft_distance_is_the_loss_per_example_and_ignores_padding():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((3, 1024)).astype(np.float32)
+    y = x + 0.1 * rng.standard_normal((3, 1024)).astype(np.float32)
+    sizes = (256, 64)
+    per_example = stft_distance(x, y, fft_sizes=sizes)
+    np.testing.assert_allclose(
+        np.mean(per_example), multi_resolution_stft_loss(x, y, fft_sizes=sizes), rtol=1e-5
+    )
+    mask = np.ones_like(x)
+    mask[:, 512:] = 0.0
+    y_junk = y.copy()
+    y_junk[:, 512:] = 5.0  # beyond the mask: must not count
+    np.testing.assert_allclose(
+        stft_distance(x, y, fft_sizes=sizes, mask=mask),
+        stft_distance(x, y_junk, fft_sizes=sizes, mask=mask),
+        rtol=1e-6,
+    )
+
+
+def test_latent_stats_match_numpy_over_real_frames():
+    rng = np.random.default_rng(0)
+    z = rng.standard_normal((2, 6, 3)).astype(np.float32) * [1.0, 2.0, 0.5] + [0.0, 1.0, -1.0]
+    mask = np.ones((2, 6 * 4), np.float32)
+    mask[1, 10:] = 0.0  # second clip: frames 0-1 real, frame 2 half, the rest padding
+    fmask = np.asarray(frame_mask(mask, 4, 6))
+    assert fmask.tolist() == [[1] * 6, [1, 1, 0, 0, 0, 0]]
+    stats = LatentStats()
+    stats.add(latent_sums(z[:1], fmask[:1]))
+    stats.add(latent_sums(z[1:], fmask[1:]))
+    real = np.concatenate([z[0], z[1, :2]])
+    summary = stats.summary()
+    np.testing.assert_allclose(summary["channel_mean"], real.mean(0), rtol=1e-5)
+    np.testing.assert_allclose(summary["channel_std"], real.std(0), rtol=1e-4)
+    rms = np.sqrt(np.mean(real**2, axis=-1))
+    np.testing.assert_allclose(summary["frame_rms_mean"], rms.mean(), rtol=1e-5)
+    np.testing.assert_allclose(summary["frame_rms_std"], rms.std(), rtol=1e-3)
+    assert summary["num_frames"] == 8
