@@ -10,6 +10,7 @@ from f3_jax.config import representation_defaults
 
 def get_config():
     c = representation_defaults()
+    c.autoencoder.workdir = "runs/ae_24k"  # override with the stage-1 run
     c.compute_dtype = "bfloat16"
     c.llm.dtype = "bfloat16"
     c.llm.param_dtype = "bfloat16"

@@ -10,7 +10,7 @@ import math
 
 import ml_collections
 
-STAGES = ("autoencoder", "representation")
+STAGES = ("autoencoder", "representation", "flow")
 
 
 class ConfigError(ValueError):
@@ -206,7 +206,74 @@ def representation_defaults() -> ml_collections.ConfigDict:
     return c
 
 
-_DEFAULTS = {"autoencoder": autoencoder_defaults, "representation": representation_defaults}
+def flow_defaults() -> ml_collections.ConfigDict:
+    """Stage 3: the patch flow head and stop head on the frozen LLM, full size."""
+    c = ml_collections.ConfigDict()
+    c.stage = "flow"
+    c.seed = 0
+    c.sample_rate = 24000
+    c.compute_dtype = "float32"
+
+    c.autoencoder = ml_collections.ConfigDict()
+    c.autoencoder.workdir = ""  # stage-1 workdir (export/ read); must be stage 2's autoencoder
+    c.representation = ml_collections.ConfigDict()
+    c.representation.workdir = ""  # stage-2 workdir (export/ read)
+
+    c.llm = ml_collections.ConfigDict()
+    c.llm.path = "smollm2"  # the LLM stage 2's adapter was trained for
+    c.llm.dtype = "float32"
+    c.llm.param_dtype = "float32"
+    c.llm.instruction = "\nSay it:"  # between the text prompt and the audio
+    c.llm.max_text_tokens = 64
+
+    c.flow_head = ml_collections.ConfigDict()
+    c.flow_head.width = 1024
+    c.flow_head.depth = 6
+    c.flow_head.time_embed_dim = 256
+    c.flow_head.cond_drop_prob = 0.1  # condition dropped in training, for classifier-free guidance
+    c.flow_head.stop_hidden = 256  # 0: a linear stop head
+
+    c.flow_loss = ml_collections.ConfigDict()
+    c.flow_loss.time_schedule = "uniform"  # or "logit_normal"
+    c.flow_loss.logit_mean = 0.0
+    c.flow_loss.logit_std = 1.0
+    c.flow_loss.stop_weight = 1.0
+    c.flow_loss.stop_pos_weight = 1.0
+
+    c.sampling = ml_collections.ConfigDict()
+    c.sampling.method = "heun"  # or "euler"
+    c.sampling.num_steps = 16
+    c.sampling.guidance_scale = 1.0  # a choice of ours (the paper's is unknown); try 1.5-3
+    c.sampling.temperature = 1.0  # scale of the initial noise
+    c.sampling.max_seconds = 20.0  # length cap of generated audio
+
+    c.optim = ml_collections.ConfigDict()
+    c.optim.lr = 3e-4
+    c.optim.b1 = 0.9
+    c.optim.b2 = 0.98
+    c.optim.weight_decay = 0.01
+    c.optim.grad_clip = 1.0
+    c.optim.warmup_steps = 2000
+    c.optim.schedule = "cosine"
+
+    c.train = train_defaults()
+
+    c.eval = ml_collections.ConfigDict()
+    c.eval.num_generate = 2  # valid transcripts spoken at each validation (logged as audio)
+    c.eval.teacher_forced_examples = 4  # valid clips decoded from teacher-forced patch samples
+
+    c.data = data_defaults()
+    c.data.crop_mode = "utterance"
+    c.data.crop_seconds = 10.0
+    c.mesh = mesh_defaults()
+    return c
+
+
+_DEFAULTS = {
+    "autoencoder": autoencoder_defaults,
+    "representation": representation_defaults,
+    "flow": flow_defaults,
+}
 
 
 def defaults_for(stage: str) -> ml_collections.ConfigDict:
@@ -287,6 +354,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
         _validate_autoencoder(config)
     elif config.stage == "representation":
         _validate_representation(config)
+    elif config.stage == "flow":
+        _validate_flow(config)
 
 
 def _validate_autoencoder(config) -> None:
@@ -334,5 +403,29 @@ def _validate_representation(config) -> None:
         raise ConfigError(f"config.rq_mtp.horizons={config.rq_mtp.horizons} must be at least 1")
     if a.downsample < 1:
         raise ConfigError(f"config.adapter.downsample={a.downsample} must be at least 1")
+    if config.optim.schedule not in ("constant", "cosine"):
+        raise ConfigError(f"config.optim.schedule={config.optim.schedule!r}: constant or cosine")
+
+
+def _validate_flow(config) -> None:
+    for group in ("autoencoder", "representation"):
+        if not config[group].workdir:
+            raise ConfigError(
+                f"config.{group}.workdir is empty: name the stage-"
+                f"{1 if group == 'autoencoder' else 2} workdir"
+            )
+    sp, fl, fh = config.sampling, config.flow_loss, config.flow_head
+    if sp.method not in ("euler", "heun"):
+        raise ConfigError(f"config.sampling.method={sp.method!r}: euler or heun")
+    if sp.num_steps < 1:
+        raise ConfigError(f"config.sampling.num_steps={sp.num_steps} must be at least 1")
+    if sp.max_seconds <= 0:
+        raise ConfigError(f"config.sampling.max_seconds={sp.max_seconds} must be > 0")
+    if fl.time_schedule not in ("uniform", "logit_normal"):
+        raise ConfigError(
+            f"config.flow_loss.time_schedule={fl.time_schedule!r}: uniform or logit_normal"
+        )
+    if not 0.0 <= fh.cond_drop_prob <= 1.0:
+        raise ConfigError(f"config.flow_head.cond_drop_prob={fh.cond_drop_prob} not in [0, 1]")
     if config.optim.schedule not in ("constant", "cosine"):
         raise ConfigError(f"config.optim.schedule={config.optim.schedule!r}: constant or cosine")

@@ -19,9 +19,34 @@ def _fails(config, devices, match):
 
 def test_defaults_and_shipped_configs_are_valid():
     config_lib.validate(_ae(), 1)
-    for name in ("ae_demo", "ae_24k"):
+    for name, devices in (
+        ("ae_demo", 8),
+        ("ae_24k", 8),
+        ("repr_demo", 4),
+        ("repr_24k", 256),
+        ("flow_demo", 4),
+        ("flow_24k", 256),
+    ):
         module = __import__(f"configs.{name}", fromlist=["get_config"])
-        config_lib.validate(module.get_config(), 8)
+        config_lib.validate(module.get_config(), devices)
+
+
+def test_later_stages_name_their_missing_inputs():
+    c = config_lib.representation_defaults()
+    _fails(c, 1, r"config\.autoencoder\.workdir is empty")
+    c = config_lib.flow_defaults()
+    c.autoencoder.workdir = "runs/ae"
+    _fails(c, 1, r"config\.representation\.workdir is empty")
+    c.representation.workdir = "runs/repr"
+    c.sampling.method = "rk4"
+    _fails(c, 1, r"config\.sampling\.method='rk4'")
+    c = config_lib.representation_defaults()
+    c.autoencoder.workdir = "runs/ae"
+    c.encoder.num_kv_heads = 5
+    _fails(c, 1, r"config\.encoder\.num_heads=16 is not a multiple")
+    c.encoder.num_kv_heads = 4
+    c.data.crop_mode = "middle"
+    _fails(c, 1, r"config\.data\.crop_mode='middle'")
 
 
 def test_unknown_key_is_named():
@@ -70,9 +95,20 @@ def test_mesh_fill():
 def test_cli_rejects_bad_override_before_compute(tmp_path):
     """The train binary exits non-zero, naming the field, without creating a checkpoint."""
     out = subprocess.run(
-        [sys.executable, "-m", "f3_jax.train", "--config", "configs/ae_demo.py",
-         "--workdir", str(tmp_path), "--config.model.hop=400"],
-        capture_output=True, text=True, timeout=120)
+        [
+            sys.executable,
+            "-m",
+            "f3_jax.train",
+            "--config",
+            "configs/ae_demo.py",
+            "--workdir",
+            str(tmp_path),
+            "--config.model.hop=400",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode != 0
     assert "config.model.hop=400" in out.stderr
     assert not (tmp_path / "checkpoints").exists()

@@ -24,4 +24,8 @@ def create(config, mesh):
         from f3_jax.trainers.representation import RepresentationTrainer
 
         return RepresentationTrainer(config, mesh)
+    if config.stage == "flow":
+        from f3_jax.trainers.flow import FlowTrainer
+
+        return FlowTrainer(config, mesh)
     raise ValueError(f"config.stage={config.stage!r} has no trainer")

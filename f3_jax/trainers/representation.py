@@ -13,20 +13,16 @@ variant that never touches the LLM.
 from __future__ import annotations
 
 import functools
-import hashlib
 import os
-import shutil
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from f3_jax import checkpoint, parallel
-from f3_jax.config import ConfigError
 from f3_jax.losses import rq_mtp
 from f3_jax.metrics.wer import word_error_rate
 from f3_jax.models.adapter import Downsampler, LLMAdapter
-from f3_jax.models.autoencoder import Autoencoder
 from f3_jax.models.llm import LLM
 from f3_jax.models.llm_loaders import load_llm
 from f3_jax.models.llm_prompt import (
@@ -38,54 +34,10 @@ from f3_jax.models.llm_prompt import (
 from f3_jax.models.quantizer import RandomProjectionQuantizer
 from f3_jax.models.representation import RepresentationEncoder
 from f3_jax.models.rq_mtp import RQMTPHeads
-from f3_jax.trainers import common
+from f3_jax.trainers import common, frozen
 
 BATCH_KEYS = ("audio", "mask", "text_ids", "text_mask")
 AE_EXPORT = "autoencoder"  # subdirectory of this stage's export holding the frozen stage 1
-
-
-def frame_mask(mask: jax.Array, hop: int) -> jax.Array:
-    """(B, L) sample mask -> (B, L / hop) latent-frame mask: frames mostly of real audio."""
-    b, n = mask.shape
-    return (mask[:, : n // hop * hop].reshape(b, -1, hop).mean(axis=-1) > 0.5).astype(jnp.float32)
-
-
-def file_digest(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-class FrozenAutoencoder:
-    """The stage-1 encoder + bottleneck from an export, replicated on the mesh."""
-
-    def __init__(self, workdir: str, sample_rate: int, mesh):
-        export = os.path.join(workdir, checkpoint.EXPORT_DIR)
-        if not os.path.exists(os.path.join(export, "config.json")):
-            raise ConfigError(
-                f"config.autoencoder.workdir={workdir!r} has no {checkpoint.EXPORT_DIR}/"
-                "config.json: train stage 1 there first (python -m f3_jax.train "
-                "--config configs/ae_demo.py --workdir ...)"
-            )
-        variables, self.config, self.step = checkpoint.read_export(export)
-        if int(self.config.sample_rate) != int(sample_rate):
-            raise ConfigError(
-                f"config.sample_rate={sample_rate} differs from the autoencoder's "
-                f"{self.config.sample_rate} ({export}/config.json)"
-            )
-        self.export_dir = export
-        self.digest = file_digest(os.path.join(export, "weights.safetensors"))
-        self.model = Autoencoder.from_config(self.config)
-        self.hop = int(self.config.model.hop)
-        self.latent_dim = int(self.config.model.latent_dim)
-        self.variables = jax.device_put(variables, parallel.replicated(mesh))
-
-    def latents(self, variables, audio, mask):
-        """(B, L) audio -> (B, T, D) clean latents (no gradient) and the (B, T) frame mask."""
-        out = self.model.apply(variables, audio * mask, train=False, method=Autoencoder.encode)
-        return jax.lax.stop_gradient(out["z"]), frame_mask(mask, self.hop)
 
 
 class RepresentationTrainer:
@@ -96,7 +48,7 @@ class RepresentationTrainer:
     def __init__(self, config, mesh):
         self.config = config
         self.mesh = mesh
-        self.ae = FrozenAutoencoder(config.autoencoder.workdir, config.sample_rate, mesh)
+        self.ae = frozen.FrozenAutoencoder(config.autoencoder.workdir, config.sample_rate, mesh)
         lc = config.llm
         self.llm_config, self.llm_params, self.text_tokenizer = load_llm(
             lc.path, mesh=mesh, param_dtype=lc.param_dtype, dtype=lc.dtype
@@ -330,17 +282,9 @@ class RepresentationTrainer:
         """WORKDIR/export: this stage's weights and config, plus a copy of the frozen stage 1."""
         variables = parallel.to_host(self.inference_variables(state))
         checkpoint.write_export(workdir, variables, self.config, step)
-        if jax.process_index() != 0:
-            return
-        dest = os.path.join(workdir, checkpoint.EXPORT_DIR, AE_EXPORT)
-        have = os.path.join(dest, "weights.safetensors")
-        if os.path.exists(have) and file_digest(have) == self.ae.digest:
-            return
-        tmp = dest + ".tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(self.ae.export_dir, tmp, ignore=shutil.ignore_patterns(AE_EXPORT))
-        shutil.rmtree(dest, ignore_errors=True)
-        os.replace(tmp, dest)
+        if jax.process_index() == 0:
+            dest = os.path.join(workdir, checkpoint.EXPORT_DIR, AE_EXPORT)
+            frozen.copy_export(self.ae.export_dir, dest)
 
     def represent(self, state: dict, audio, mask):
         """(B, L) audio -> (B, T, width) representations and the (B, T) frame mask."""
