@@ -103,8 +103,10 @@ def evaluate_step(s: Session, step: int) -> dict[str, float]:
     """Restores `step`, evaluates it, and writes every output; returns its prefixed scalars."""
     start = time.perf_counter()
     state = s.reader.restore_state(step, s.trainer.abstract_state())
+    restored = time.perf_counter()
     result = s.evaluator.evaluate(state, step)
     del state
+    evaluated = time.perf_counter()
     scalars = {f"{s.split}/{k}": v for k, v in result.scalars.items()}
     panels = list(result.panels)
     if result.audio:
@@ -116,24 +118,33 @@ def evaluate_step(s: Session, step: int) -> dict[str, float]:
     details = {
         "headline": list(result.headline.items()),  # a list: JSON objects lose the order
         "panels": panels,
-        "seconds": time.perf_counter() - start,
+        "seconds": {"restore": restored - start, "evaluate": evaluated - restored},
         "num_devices": len(s.trainer.mesh.devices.flat),
     }
     s.store.write_details(s.split, step, details)
     s.store.mark_evaluated(s.split, step)  # last: a kill before this evaluates the step again
     report.write_report(s.store, workdir=s.workdir, stage=s.config.stage)
     shown = ", ".join(f"{k}={v:.4g}" for k, v in result.scalars.items() if k in result.headline)
-    logging.info("step %d (%s, %.0f s): %s", step, s.split, details["seconds"], shown)
+    logging.info(
+        "step %d (%s): %s | restore %.1f s, evaluate %.1f s, write %.1f s",
+        step,
+        s.split,
+        shown,
+        restored - start,
+        evaluated - restored,
+        time.perf_counter() - evaluated,
+    )
     return scalars
 
 
 def _write_tensorboard(s: Session, step: int, result: EvalResult, scalars: dict) -> None:
     hist = {f"{s.split}/{k}": v for k, v in result.histograms.items()}
     s.writer.scalars(step, scalars | hist)
+    # Audio only: the spectrogram images are in the report (and in training's TensorBoard run);
+    # drawing each twice costs about a second per image.
     for i, pair in enumerate(result.audio.values()):
         for kind, wav in pair.items():
             s.writer.audio(step, f"{s.split}/samples/{i}/{kind}", wav, result.sample_rate)
-        s.writer.spectrogram(step, f"{s.split}/spectrogram/{i}", pair, result.sample_rate)
     for panel in result.panels:
         if panel["kind"] == "table" and panel["rows"]:
             table = report.markdown_table(panel["columns"], panel["rows"])

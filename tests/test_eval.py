@@ -1,9 +1,11 @@
-"""`python -m f3_jax.eval`: one checkpoint from another mesh, --watch, the files it writes.
+"""`python -m f3_jax.eval`: a --watch run over checkpoints of another mesh, the files it writes.
 
-The CLI runs as real subprocesses on one CPU device, over checkpoints this process saves from
-an 8-device (2, 2, 2) mesh, and shares a persistent XLA compilation cache with later runs (the
-first run compiles; compiling dominates such short runs on CPU). Small pieces (the read-only
-checkpoint reader, the eval files, the metrics added for eval) are tested in-process.
+The CLI runs as a real subprocess on one CPU device, over checkpoints this process saves from
+an 8-device (2, 2, 2) mesh, with a persistent XLA compilation cache shared with later runs
+(compiling dominates such short runs on CPU). The watch loop's bookkeeping (steps evaluated by
+an earlier process, the final step, the timeout) runs in a thread with a stand-in evaluator;
+the stage-2 evaluator, the read-only checkpoint reader, the eval files and the metrics added
+for eval are tested in-process.
 """
 
 from __future__ import annotations
@@ -12,21 +14,27 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
+import types
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
 from f3_jax import checkpoint, parallel
+from f3_jax import eval as eval_lib
 from f3_jax.data.synthetic import tone, write_record_dir
+from f3_jax.evaluators import EvalResult
 from f3_jax.evaluators.checkpoints import CheckpointReader
-from f3_jax.evaluators.store import EvalStore
+from f3_jax.evaluators.store import EvalStore, read_json
 from f3_jax.losses.spectral import multi_resolution_stft_loss
 from f3_jax.metrics.latents import LatentStats, frame_mask, latent_sums
 from f3_jax.metrics.stft_distance import stft_distance
+from f3_jax.summary import SummaryWriter
 from f3_jax.trainers.autoencoder import AutoencoderTrainer
 from tests.ae_fixtures import tiny_ae_config
 
@@ -134,18 +142,33 @@ class Setup:
         self.env = _env(cache_dir)
         self.workdir = tmp / "run"
         mesh = parallel.make_mesh(self.config.mesh, jax.devices())
-        self.trainer = AutoencoderTrainer(self.config, mesh)
-        self.state = self.trainer.initial_state()
+        self.state = _random_state(AutoencoderTrainer(self.config, mesh).abstract_state())
         # The training side's manager, made once: a new one would delete tmp directories.
         self.ckpt = checkpoint.Checkpointer(str(self.workdir))
 
-    def save(self, step: int, wait: bool = True) -> None:
-        self.ckpt.save(step, self.state, None, self.config, force=True)
+    def save(self, step: int, *, wait: bool = True, sharded: bool = True) -> None:
+        state = self.state if sharded else jax.device_get(self.state)  # host saves are faster
+        self.ckpt.save(step, state, None, self.config, force=True)
         if wait:
             self.ckpt.wait()
 
     def run(self, name: str, *args) -> Run:
         return Run(self.tmp, self.env, self.config_path, self.workdir, name, *args)
+
+
+def _random_state(abstract: dict) -> dict:
+    """A state of the right tree, shapes and shardings without compiling its init (a minute
+    on 8 CPU devices): small random weights, vectors (gains, Snake alphas) near 1."""
+    rng = np.random.default_rng(0)
+
+    def leaf(a):
+        if not np.issubdtype(a.dtype, np.floating):
+            return jax.device_put(np.zeros(a.shape, a.dtype), a.sharding)
+        scale, offset = (0.1, 1.0) if a.ndim <= 1 else (0.05, 0.0)
+        value = offset + scale * rng.standard_normal(a.shape)
+        return jax.device_put(value.astype(a.dtype), a.sharding)
+
+    return jax.tree.map(leaf, abstract)
 
 
 @pytest.fixture(scope="module")
@@ -175,15 +198,29 @@ def _jsonl_steps(setup: Setup) -> list[int]:
 
 
 @pytest.fixture(scope="module")
-def single(setup) -> tuple[Run, float]:
-    """`--step 1` on a checkpoint of the (2, 2, 2) mesh, in a one-device process."""
+def watched(setup) -> Run:
+    """`--watch` in a one-device process: step 1 of the (2, 2, 2) mesh is there at the start,
+    step 2 is saved while it watches, and it must end by itself once step STEPS is evaluated."""
+    ckpts = setup.workdir / "checkpoints"
     setup.save(1)
-    before = _tree_snapshot(setup.workdir / "checkpoints")
-    run = setup.run("single", "--step", "1", "--num_threads", "2")
-    code = run.finish()
-    assert code == 0, run.tail()
-    assert _tree_snapshot(setup.workdir / "checkpoints") == before  # read-only
-    return run, time.monotonic() - run.started
+    (ckpts / "3.orbax-checkpoint-tmp-1234567" / "state").mkdir(parents=True)  # never finalized
+    before = _tree_snapshot(ckpts)
+    run = setup.run(
+        "watch", "--watch", "--poll_s", "0.1", "--timeout_s", "120", "--num_threads", "1"
+    )
+    run.wait_until("the watch loop", lambda: "watching" in run.log())
+    evaluated = lambda: read_json(str(setup.workdir / "eval" / "evaluated.json"), {}).get(
+        "valid", []
+    )
+    run.wait_until("step 1 evaluated", lambda: 1 in evaluated())
+    setup.save(2, wait=False, sharded=False)  # async: a tmp directory exists while eval polls
+    setup.ckpt.wait()
+    run.wait_until("step 2 evaluated", lambda: 2 in evaluated())
+    setup.save(STEPS, sharded=False)
+    assert run.finish() == 0, run.tail()
+    after = _tree_snapshot(ckpts)
+    assert {k: v for k, v in after.items() if k in before} == before  # read-only
+    return run
 
 
 STAGE1_METRICS = (
@@ -193,11 +230,20 @@ STAGE1_METRICS = (
 )  # fmt: skip
 
 
-def test_checkpoint_of_an_8_device_mesh_evaluates_on_one_device(setup, single):
-    assert "mesh {'data': 1, 'fsdp': 1, 'tensor': 1}" in single[0].log(), single[0].tail()
-    metrics = _eval_json(setup, "metrics.json")
-    assert list(metrics) == ["1"]
-    values = metrics["1"]
+def test_watch_evaluates_each_new_checkpoint_once_and_stops_at_the_last(setup, watched):
+    assert _eval_json(setup, "evaluated.json") == {"valid": [1, 2, STEPS]}
+    # One evaluation per step although every poll lists the earlier steps again; the
+    # unfinished tmp directory was skipped (and left alone).
+    assert _jsonl_steps(setup) == [1, 2, STEPS]
+    assert sorted(_eval_json(setup, "metrics.json"), key=int) == ["1", "2", str(STEPS)]
+    assert (setup.workdir / "checkpoints" / "3.orbax-checkpoint-tmp-1234567").is_dir()
+    assert "Traceback" not in watched.log()
+
+
+def test_checkpoint_of_an_8_device_mesh_evaluates_on_one_device(setup, watched):
+    assert "mesh {'data': 1, 'fsdp': 1, 'tensor': 1}" in watched.log(), watched.tail()
+    assert _eval_json(setup, "details/valid-1.json")["num_devices"] == 1
+    values = _eval_json(setup, "metrics.json")["1"]
     for name in STAGE1_METRICS:
         assert f"valid/{name}" in values, (name, sorted(values))
     for name in ("mel_distance", "stft_distance", "si_sdr", "wer/original"):
@@ -209,48 +255,107 @@ def test_checkpoint_of_an_8_device_mesh_evaluates_on_one_device(setup, single):
     )
     curve = [values[f"valid/robustness/mel_sigma_{s}"] for s in ("0", "0.2", "1")]
     assert curve[0] <= curve[1] <= curve[2], curve
-    assert _eval_json(setup, "evaluated.json") == {"valid": [1]}
-    details = _eval_json(setup, "details/valid-1.json")
-    assert details["num_devices"] == 1
 
 
-def test_report_has_the_metrics_and_its_figures(setup, single):
+def test_report_has_the_metrics_and_its_figures(setup, watched):
     report = (setup.workdir / "eval" / "report.md").read_text()
     for name in ("mel_distance", "pesq", "stoi", "wer/reconstruction", "Robustness", "sigma"):
         assert name in report, name
+    assert f"latest step {STEPS}" in report and "Evaluated steps: 1, 2, 4." in report
     figures = [line.split("](", 1)[1][:-1] for line in report.splitlines() if "](figures/" in line]
     names = {Path(f).name for f in figures}
-    assert {"curves_valid.png", "robustness_valid.png", "spectrogram_valid_1_0.png"} <= names
+    want = {"curves_valid.png", "robustness_valid.png", f"spectrogram_valid_{STEPS}_0.png"}
+    assert want <= names, names
     for f in figures:
         assert (setup.workdir / "eval" / f).stat().st_size > 1000, f
     events = list((setup.workdir / "eval").glob("events.out.tfevents.*"))
     assert events and events[0].stat().st_size > 1000
 
 
-def test_watch_evaluates_each_new_checkpoint_once_and_stops_at_the_last(setup, single):
-    ckpts = setup.workdir / "checkpoints"
-    unfinished = ckpts / "3.orbax-checkpoint-tmp-1234567"  # a save still being written
-    (unfinished / "state").mkdir(parents=True)
-    run = setup.run("watch", "--watch", "--poll_s", "0.1", "--timeout_s", "120")
-    run.wait_until("the watch loop", lambda: "watching" in run.log())
-    setup.save(2, wait=False)  # async: its tmp directory exists while eval polls
-    setup.ckpt.wait()
-    evaluated = lambda: _eval_json(setup, "evaluated.json")["valid"]
-    run.wait_until("step 2 evaluated", lambda: 2 in evaluated())
-    setup.save(STEPS)
+@pytest.mark.slow
+def test_step_flag_reevaluates_that_checkpoint(setup, watched):
+    run = setup.run("single", "--step", "2")
     assert run.finish() == 0, run.tail()
-    assert evaluated() == [1, 2, STEPS]
-    # Step 1 (evaluated by the earlier process) was not evaluated again; 2 and 4 once each.
-    assert _jsonl_steps(setup) == [1, 2, STEPS]
-    assert sorted(_eval_json(setup, "metrics.json"), key=int) == ["1", "2", str(STEPS)]
-    assert unfinished.is_dir()  # skipped, and never cleaned up by the reader
-    report = (setup.workdir / "eval" / "report.md").read_text()
-    assert f"latest step {STEPS}" in report and "Evaluated steps: 1, 2, 4." in report
+    assert _jsonl_steps(setup) == [1, 2, STEPS, 2]
+    assert _eval_json(setup, "evaluated.json") == {"valid": [1, 2, STEPS]}
+    missing = setup.run("missing", "--step", "3")  # the unfinished save
+    assert missing.finish() == 1 and "no finalized checkpoint 3" in missing.log()
 
-    # Everything evaluated: a new watcher has nothing to do and ends at once.
-    again = setup.run("watch_again", "--watch", "--poll_s", "0.1", "--timeout_s", "60")
-    assert again.finish() == 0, again.tail()
-    assert _jsonl_steps(setup) == [1, 2, STEPS]
+
+# ---- the watch loop in a thread, with a stand-in evaluator ---------------------------------
+class _FakeTrainer:
+    mesh = types.SimpleNamespace(devices=np.zeros(1))
+
+    def abstract_state(self):
+        return jax.eval_shape(lambda: _small_state(0))
+
+
+class _FakeEvaluator:
+    def __init__(self):
+        self.steps = []
+
+    def evaluate(self, state, step):
+        self.steps.append(step)
+        w = float(np.asarray(state["w"]).sum())
+        panel = {"kind": "xy", "title": "w", "name": "w", "across_steps": True,
+                 "series": {"w": {"x": [0, 1], "y": [0, w]}}}  # fmt: skip
+        return EvalResult({"w": w}, {"w": "higher"}, [panel])
+
+
+def _small_state(step: int) -> dict:
+    return {"w": jnp.full((2, 3), float(step)), "step": jnp.int32(step)}
+
+
+def _session(workdir: Path, final: int) -> eval_lib.Session:
+    config = ml_collections.ConfigDict({"stage": "fake", "train": {"steps": final}})
+    return eval_lib.Session(
+        config, str(workdir), _FakeTrainer(), _FakeEvaluator(), CheckpointReader(str(workdir)),
+        EvalStore(str(workdir)), SummaryWriter(str(workdir / "eval"), enabled=False), "valid",
+    )  # fmt: skip
+
+
+def test_watch_loop_skips_evaluated_steps_and_ends_at_the_final_one(tmp_path):
+    final = 3
+    config = ml_collections.ConfigDict({"stage": "fake", "train": {"steps": final}})
+    ckpt = checkpoint.Checkpointer(str(tmp_path))
+    ckpt.save(1, _small_state(1), None, config)
+    ckpt.wait()
+    eval_lib.evaluate_step(_session(tmp_path, final), 1)  # an earlier eval process
+
+    session = _session(tmp_path, final)
+    done: list[int] = []
+    thread = threading.Thread(target=lambda: done.extend(eval_lib.watch(session, 30.0, 0.02)))
+    thread.start()
+    ckpt.save(2, _small_state(2), None, config)  # async: written while the loop polls
+    ckpt.wait()
+    deadline = time.monotonic() + 30
+    while 2 not in session.store.evaluated("valid") and time.monotonic() < deadline:
+        time.sleep(0.02)
+    ckpt.save(final, _small_state(final), None, config)
+    ckpt.wait()
+    thread.join(timeout=30)
+    ckpt.close()
+    assert not thread.is_alive(), "the watch loop did not end at the final step"
+    assert done == [2, final] and session.evaluator.steps == [2, final]
+    assert session.store.evaluated("valid") == [1, 2, final]
+    metrics = session.store.metrics()
+    assert [metrics[s]["valid/w"] for s in (1, 2, final)] == [6.0, 12.0, 18.0]
+    assert "Evaluated steps: 1, 2, 3." in (tmp_path / "eval" / "report.md").read_text()
+
+    # Nothing new and the final step done: a later watcher returns at once.
+    assert eval_lib.watch(_session(tmp_path, final), 30.0, 0.02) == []
+
+
+def test_watch_loop_times_out_without_new_checkpoints(tmp_path):
+    config = ml_collections.ConfigDict({"stage": "fake", "train": {"steps": 10}})
+    ckpt = checkpoint.Checkpointer(str(tmp_path))
+    ckpt.save(1, _small_state(1), None, config)
+    ckpt.wait()
+    ckpt.close()
+    session = _session(tmp_path, 10)
+    start = time.monotonic()
+    assert eval_lib.watch(session, 0.3, 0.02) == [1]
+    assert 0.3 <= time.monotonic() - start < 20
 
 
 # ---- in-process pieces ---------------------------------------------------------------------
@@ -296,17 +401,17 @@ def test_store_records_steps_and_metrics(tmp_path):
 
 def test_stft_distance_is_the_loss_per_example_and_ignores_padding():
     rng = np.random.default_rng(0)
-    x = rng.standard_normal((3, 1024)).astype(np.float32)
-    y = x + 0.1 * rng.standard_normal((3, 1024)).astype(np.float32)
-    sizes = (256, 64)
+    x = rng.standard_normal((3, 512)).astype(np.float32)
+    y = x + 0.1 * rng.standard_normal((3, 512)).astype(np.float32)
+    sizes = (128, 64)
     per_example = stft_distance(x, y, fft_sizes=sizes)
     np.testing.assert_allclose(
         np.mean(per_example), multi_resolution_stft_loss(x, y, fft_sizes=sizes), rtol=1e-5
     )
     mask = np.ones_like(x)
-    mask[:, 512:] = 0.0
+    mask[:, 256:] = 0.0
     y_junk = y.copy()
-    y_junk[:, 512:] = 5.0  # beyond the mask: must not count
+    y_junk[:, 256:] = 5.0  # beyond the mask: must not count
     np.testing.assert_allclose(
         stft_distance(x, y, fft_sizes=sizes, mask=mask),
         stft_distance(x, y_junk, fft_sizes=sizes, mask=mask),
@@ -332,3 +437,70 @@ def test_latent_stats_match_numpy_over_real_frames():
     np.testing.assert_allclose(summary["frame_rms_mean"], rms.mean(), rtol=1e-5)
     np.testing.assert_allclose(summary["frame_rms_std"], rms.std(), rtol=1e-3)
     assert summary["num_frames"] == 8
+
+
+# ---- stage 2 ---------------------------------------------------------------------------------
+def _write_random_autoencoder_export(workdir: str) -> None:
+    """The tiny stage-1 export tiny_repr_config expects, with random weights: tracing the init
+    alone is much cheaper than running it op by op (about 40 s on a loaded CPU)."""
+    import flax.linen as nn
+
+    from f3_jax.models.autoencoder import Autoencoder
+
+    config = tiny_ae_config()
+    wav = jnp.zeros((1, round(config.data.crop_seconds * config.sample_rate)))
+    init = lambda: Autoencoder.from_config(config).init(
+        {"params": jax.random.key(0), "noise": jax.random.key(1)}, wav, train=False
+    )
+    one_device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    abstract = jax.tree.map(
+        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=one_device),
+        nn.unbox(jax.eval_shape(init)),
+    )
+    checkpoint.write_export(workdir, jax.device_get(_random_state(abstract)), config, 0)
+
+
+@pytest.mark.slow  # 25-45 s on the loaded 2-core CPU: about ten small models to compile
+def test_representation_evaluator_reports_rq_mtp_probes_and_wer(tmp_path):
+    from f3_jax.evaluators import EvalOptions
+    from f3_jax.evaluators.representation import RepresentationEvaluator
+    from f3_jax.trainers.representation import RepresentationTrainer
+    from tests.repr_fixtures import TEXTS, tiny_repr_config
+
+    rng = np.random.default_rng(0)
+    utts = lambda n, seed: [
+        {
+            "wav": tone(rng.uniform(0.3, 0.5), SR, rng),
+            "id": f"r{seed}-{i}",
+            "text": TEXTS[i % len(TEXTS)],
+            "labels": {"words_per_second": float(i % 4), "noise_w": float(i % 2)},
+        }
+        for i in range(n)
+    ]
+    data = tmp_path / "data"
+    write_record_dir(str(data), {"train": utts(8, 0), "valid": utts(4, 1)}, sample_rate=SR)
+    _write_random_autoencoder_export(str(tmp_path / "models" / "ae"))
+    config = tiny_repr_config(str(tmp_path / "models"), **{"data.path": str(data)})
+    config.data.eval_batch_size = 4
+    config.data.eval_max_seconds = 0.5
+    config.data.eval_bucket_seconds = (0.5,)
+    config.eval.max_new_tokens = 4
+    mesh = parallel.make_mesh(config.mesh, jax.devices()[:1])
+    trainer = RepresentationTrainer(config, mesh)
+    state = _random_state(trainer.abstract_state())
+    options = EvalOptions("valid", 4, None, probe_examples=8, probe_bins=2)
+    result = RepresentationEvaluator(config, trainer, options).evaluate(state, 0)
+
+    s = result.scalars
+    for name in ("rq_mtp/acc_h1", "rq_mtp/acc_h2", "rq_mtp/ce", "transcript/nll"):
+        assert np.isfinite(s[name]), (name, s)
+    assert 0 <= s["rq_mtp/acc_h1"] <= 1 and s["rq_mtp/chance"] == 1 / 16
+    assert s["transcript/num_utterances"] == 3  # one of the 4 texts is empty
+    assert 0 <= s["transcript/wer"]
+    for label in ("words_per_second", "noise_w"):
+        for kind in ("representation", "latent", "chance"):
+            assert 0 <= s[f"probe/{label}/{kind}"] <= 1, (label, kind)
+        assert s[f"probe/{label}/num_train"] == 8 and s[f"probe/{label}/num_test"] == 4
+    names = {p["name"] for p in result.panels}
+    assert names == {"rq_mtp_horizons", "probes", "transcripts"}
+    assert "probe/noise_w/representation" in result.headline

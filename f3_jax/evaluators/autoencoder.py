@@ -28,7 +28,7 @@ from f3_jax.metrics.wer import word_error_rate
 from f3_jax.models.autoencoder import Autoencoder
 
 SIGMAS = (0.0, 0.05, 0.1, 0.2, 0.5, 1.0)
-NUM_AUDIO_EXAMPLES = 3  # spectrogram pairs and audio clips per evaluation
+NUM_AUDIO_EXAMPLES = 2  # spectrogram pairs and audio clips per evaluation
 NUM_TRANSCRIPT_ROWS = 8  # transcripts shown in the report
 ROBUSTNESS_SEED = 0
 
