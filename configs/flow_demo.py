@@ -30,7 +30,7 @@ def get_config():
     c.data.eval_bucket_seconds = (8.0, 16.0)
     c.data.eval_batch_size = 8
     c.data.eval_max_examples = 16
-    c.train.steps = 300
+    c.train.steps = 200
     c.train.batch_size = 4
     c.train.log_every = 10
     c.train.eval_every = 100
