@@ -40,6 +40,10 @@ def data_defaults() -> ml_collections.ConfigDict:
     d.eval_bucket_seconds = (2.0, 4.0, 8.0)  # eval batches are padded to one of these
     d.eval_batch_size = 8
     d.eval_max_examples = 64
+    # Stages 2 and 3: "" trains from raw audio; a directory trains from precomputed latents at
+    # <latent_cache>/<sha256[:16] of the autoencoder export's weights>/<split>/, built by
+    # `python -m f3_jax.latent_cache`. Validation always runs from raw audio.
+    d.latent_cache = ""
     return d
 
 

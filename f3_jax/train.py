@@ -145,6 +145,7 @@ def train(config, workdir: str) -> None:
             seed=config.seed,
             process_index=jax.process_index(),
             process_count=jax.process_count(),
+            latent_cache=getattr(trainer, "latent_cache", None),  # stages 2, 3: data.latent_cache
         )
     )
 

@@ -17,6 +17,11 @@ The iterator of the result has get_state/set_state (for grain.checkpoint / orbax
 iterator yields exactly the batches the original would have yielded next. Batches:
 `audio` (B, L) float32 in [-1, 1], `mask` (B, L) float32, `text` and `id` (B,) object arrays of
 str ("" when a record has no transcript), `num_skipped` int64 scalar.
+
+With a latent cache (data.latent_cache, stages 2 and 3) the source is the cache's shards of the
+split and the crop is latent_records.LatentCrop, the rest is the same: batches hold `latents`
+(B, T, D) float32 and `frame_mask` (B, T) float32 instead of audio and mask, for
+T = crop_seconds * sample_rate // hop frames.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from f3_jax.data.crops import RandomCrop
 from f3_jax.data.dataset_info import read_info
 from f3_jax.data.errors import DataError
 from f3_jax.data.evaluation import eval_batches
+from f3_jax.data.latent_records import LatentCache, LatentCrop, split_shards
 from f3_jax.data.sources import SplitSource, open_split
 
 __all__ = ["ensure_dataset", "train_dataset", "eval_batches"]
@@ -127,32 +133,27 @@ def train_dataset(
     process_index: int,
     process_count: int,
     num_epochs: int | None = None,
+    latent_cache: LatentCache | None = None,
 ) -> grain.IterDataset:
     """The training batches of this process (batch_size is per process); see the docstring.
 
     num_epochs=None (the trainer's use) repeats forever; a number is for tests and tools.
+    latent_cache (stages 2 and 3 with data.latent_cache): batches of cached latents instead.
     """
     if not 0 <= process_index < process_count:
         raise DataError(f"process_index={process_index} not in [0, {process_count})")
-    split = open_split(data_cfg, data_cfg.train_split, sample_rate)
-    _check_crop(split, data_cfg.crop_seconds)
-    crop_len = round(data_cfg.crop_seconds * sample_rate)
+    if latent_cache is not None:
+        source, where, crop = _latent_source(data_cfg, latent_cache, sample_rate)
+    else:
+        source, where, crop = _audio_source(data_cfg, sample_rate)
     shuffle_seed, crop_seed = _seeds(seed)
-    ds = grain.MapDataset.source(split.source)[process_index::process_count]
+    ds = grain.MapDataset.source(source)[process_index::process_count]
     if len(ds) == 0:
         raise DataError(
-            f"{split.where} has {len(split.source)} records: none for process "
+            f"{where} has {len(source)} records: none for process "
             f"{process_index} of {process_count}"
         )
     ds = ds.shuffle(seed=shuffle_seed).repeat(num_epochs)
-    crop = RandomCrop(
-        split.parse,
-        sample_rate,
-        crop_len,
-        min_len=int(np.ceil(data_cfg.min_crop_fraction * crop_len)),
-        gain_db=tuple(float(g) for g in data_cfg.gain_db),
-        from_start=data_cfg.get("crop_mode", "random") == "utterance",
-    )
     ds = ds.random_map(crop, seed=crop_seed)
     buffer = max(1, data_cfg.prefetch_buffer) * batch_size
     ds = ds.to_iter_dataset(
@@ -166,4 +167,52 @@ def train_dataset(
             ),
             worker_init_fn=_mark_flags_parsed,
         )
-    return SkipCountingBatch(ds, batch_size, give_up_after=max(1000, 2 * len(split.source)))
+    batches = SkipCountingBatch(ds, batch_size, give_up_after=max(1000, 2 * len(source)))
+    return batches.map(_rename_latents) if latent_cache is not None else batches
+
+
+def _audio_source(data_cfg, sample_rate: int):
+    """(source, description, crop) of the audio records of data.train_split."""
+    split = open_split(data_cfg, data_cfg.train_split, sample_rate)
+    _check_crop(split, data_cfg.crop_seconds)
+    crop_len = round(data_cfg.crop_seconds * sample_rate)
+    crop = RandomCrop(
+        split.parse,
+        sample_rate,
+        crop_len,
+        min_len=int(np.ceil(data_cfg.min_crop_fraction * crop_len)),
+        gain_db=tuple(float(g) for g in data_cfg.gain_db),
+        from_start=data_cfg.get("crop_mode", "random") == "utterance",
+    )
+    return split.source, split.where, crop
+
+
+def _latent_source(data_cfg, cache: LatentCache, sample_rate: int):
+    """(source, description, crop) of the cached latents of data.train_split."""
+    shards, summary = split_shards(cache, data_cfg.train_split)
+    where = f"latent cache {cache.directory} (split {data_cfg.train_split})"
+    if int(cache.info["sample_rate"]) != sample_rate:
+        raise DataError(f"{where} is at {cache.info['sample_rate']} Hz, not {sample_rate} Hz")
+    if data_cfg.crop_seconds > summary.get("max_seconds", np.inf):
+        raise DataError(
+            f"data.crop_seconds={data_cfg.crop_seconds} is longer than every clip of "
+            f"{where} (the longest is {summary['max_seconds']:.3f} s)"
+        )
+    if tuple(data_cfg.gain_db) != (0.0, 0.0):
+        # Latents were computed once, without gain: the augmentation cannot apply.
+        logging.warning("data.gain_db=%s is ignored with data.latent_cache", data_cfg.gain_db)
+    crop_len = round(data_cfg.crop_seconds * sample_rate)
+    crop = LatentCrop(
+        cache.hop,
+        crop_len // cache.hop,
+        crop_len,
+        min_len=int(np.ceil(data_cfg.min_crop_fraction * crop_len)),
+        from_start=data_cfg.get("crop_mode", "random") == "utterance",
+    )
+    return grain.sources.ArrayRecordDataSource(shards), where, crop
+
+
+def _rename_latents(batch: dict) -> dict:
+    """LatentCrop's rows travel under the audio keys through SkipCountingBatch."""
+    batch["latents"], batch["frame_mask"] = batch.pop("audio"), batch.pop("mask")
+    return batch

@@ -7,10 +7,13 @@ and the downsampled representation of patch t-1; the stop head learns, from the 
 the last patch, that the clip ends there (clips cut by the crop have no transcript and no end,
 so they train the flow head only). The state is
   step, rng, skipped, params: {flow, stop}, opt.
+With config.data.latent_cache, training batches hold cached latents (LATENT_KEYS) and their step
+skips the autoencoder; validation stays on audio.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 
 import jax
@@ -19,6 +22,7 @@ import numpy as np
 
 from f3_jax import checkpoint, parallel
 from f3_jax.config import ConfigError
+from f3_jax.data import latent_records
 from f3_jax.losses import spectral
 from f3_jax.losses.flow_matching import (
     flow_matching_loss,
@@ -35,6 +39,7 @@ from f3_jax.sampling import sample_flow
 from f3_jax.trainers import common, frozen
 
 BATCH_KEYS = ("audio", "mask", "text_ids", "text_mask")
+LATENT_KEYS = ("latents", "frame_mask", "text_ids", "text_mask")  # data.latent_cache batches
 TRAINED_KEYS = ("step", "rng", "skipped", "params", "opt")
 
 
@@ -120,10 +125,22 @@ class FlowTrainer:
     def frozen(self) -> dict:
         return {"ae": self.ae.variables, "rep": self.rep.params, "llm": self.llm_params}
 
+    @functools.cached_property
+    def latent_cache(self) -> latent_records.LatentCache | None:
+        """The cache of this autoencoder under data.latent_cache, checked (None when off).
+
+        Read by train.py only, so that evaluating a run needs no cache.
+        """
+        root = self.config.data.get("latent_cache", "")
+        return latent_records.open_cache(root, self.ae.digest, self.ae.hop) if root else None
+
     # ---- teacher forcing ---------------------------------------------------------------
     def _teacher_forcing(self, fz, batch) -> dict:
         """Targets and conditions of every patch (no gradients: all frozen)."""
-        z, fmask = self.ae.latents(fz["ae"], batch["audio"], batch["mask"])
+        if "latents" in batch:  # from the latent cache
+            z, fmask = batch["latents"], batch["frame_mask"]
+        else:
+            z, fmask = self.ae.latents(fz["ae"], batch["audio"], batch["mask"])
         r, _ = self.rep.encode(fz["rep"], z, fmask)
         d, pmask, embeds = self.rep.patches(fz["rep"], r, fmask)
         b, n = pmask.shape
@@ -301,12 +318,15 @@ class FlowTrainer:
         batch_s = {k: parallel.batch_sharding(self.mesh, 2) for k in BATCH_KEYS}
         trained_s = {k: s[k] for k in TRAINED_KEYS}
         frozen_s = jax.tree.map(lambda x: x.sharding, self.frozen())
-        self._step_jit = jax.jit(
-            self._train_step,
-            in_shardings=(trained_s, frozen_s, batch_s),
-            out_shardings=(trained_s, rep),
-            donate_argnums=(0,),
-        )
+        self._step_jit = {
+            keys: jax.jit(
+                self._train_step,
+                in_shardings=(trained_s, frozen_s, _batch_shardings(self.mesh, keys)),
+                out_shardings=(trained_s, rep),
+                donate_argnums=(0,),
+            )
+            for keys in (BATCH_KEYS, LATENT_KEYS)
+        }
         self._eval_jit = jax.jit(self._eval_step, in_shardings=(s["params"], frozen_s, batch_s))
 
     # ---- public step API used by the train loop ----------------------------------------
@@ -314,13 +334,21 @@ class FlowTrainer:
         ids, mask = tokenize_texts(
             self.text_tokenizer, local["text"], self.config.llm.max_text_tokens
         )
+        if "latents" in local:  # a training batch of the latent cache
+            return {
+                "latents": local["latents"],
+                "frame_mask": local["frame_mask"],
+                "text_ids": ids,
+                "text_mask": mask,
+            }
         return {"audio": local["audio"], "mask": local["mask"], "text_ids": ids, "text_mask": mask}
 
     def train_step(self, state: dict, batch: dict, step: int) -> tuple[dict, dict]:
         trained = {k: state[k] for k in TRAINED_KEYS}
-        batch = {k: batch[k] for k in BATCH_KEYS}
+        keys = _keys_of(batch)
+        batch = {k: batch[k] for k in keys}
         with jax.set_mesh(self.mesh):
-            trained, metrics = self._step_jit(trained, self.frozen(), batch)
+            trained, metrics = self._step_jit[keys](trained, self.frozen(), batch)
         return dict(state, **trained), metrics
 
     def log_metrics(self, state: dict, batch: dict, step: int) -> dict:
@@ -383,8 +411,18 @@ class FlowTrainer:
 
     def step_flops(self, state: dict, batch: dict, step: int) -> float:
         trained = {k: state[k] for k in TRAINED_KEYS}
-        batch = {k: batch[k] for k in BATCH_KEYS}
+        keys = _keys_of(batch)
+        batch = {k: batch[k] for k in keys}
         with jax.set_mesh(self.mesh):
-            cost = self._step_jit.lower(trained, self.frozen(), batch).compile().cost_analysis()
+            lowered = self._step_jit[keys].lower(trained, self.frozen(), batch)
+            cost = lowered.compile().cost_analysis()
         cost = cost[0] if isinstance(cost, list) else cost
         return float(cost.get("flops", 0.0)) if cost else 0.0
+
+
+def _keys_of(batch: dict) -> tuple[str, ...]:
+    return LATENT_KEYS if "latents" in batch else BATCH_KEYS
+
+
+def _batch_shardings(mesh, keys: tuple[str, ...]) -> dict:
+    return {k: parallel.batch_sharding(mesh, 3 if k == "latents" else 2) for k in keys}

@@ -7,7 +7,8 @@ inference mode: no noise, no gradients) and the LLM (from `config.llm.path`). Th
   params: {encoder, heads, downsampler, adapter}, opt,
   quantizer: the frozen random projection and codebooks (saved so targets never change).
 Whether a batch has any transcript is known on the host, so a batch without text runs a step
-variant that never touches the LLM.
+variant that never touches the LLM. With config.data.latent_cache, training batches hold cached
+latents (LATENT_KEYS) and their step variants skip the autoencoder; validation stays on audio.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from f3_jax import checkpoint, parallel
+from f3_jax.data import latent_records
 from f3_jax.losses import rq_mtp
 from f3_jax.metrics.wer import word_error_rate
 from f3_jax.models.adapter import Downsampler, LLMAdapter
@@ -37,6 +39,7 @@ from f3_jax.models.rq_mtp import RQMTPHeads
 from f3_jax.trainers import common, frozen
 
 BATCH_KEYS = ("audio", "mask", "text_ids", "text_mask")
+LATENT_KEYS = ("latents", "frame_mask", "text_ids", "text_mask")  # data.latent_cache batches
 AE_EXPORT = "autoencoder"  # subdirectory of this stage's export holding the frozen stage 1
 
 
@@ -107,6 +110,15 @@ class RepresentationTrainer:
         """The frozen autoencoder and LLM weights (read-only arguments of every step)."""
         return {"ae": self.ae.variables, "llm": self.llm_params}
 
+    @functools.cached_property
+    def latent_cache(self) -> latent_records.LatentCache | None:
+        """The cache of this autoencoder under data.latent_cache, checked (None when off).
+
+        Read by train.py only, so that evaluating a run needs no cache.
+        """
+        root = self.config.data.get("latent_cache", "")
+        return latent_records.open_cache(root, self.ae.digest, self.ae.hop) if root else None
+
     # ---- forward pieces ----------------------------------------------------------------
     def _targets(self, quantizer, z, fmask):
         tokens, valid = self.quantizer.apply({"params": quantizer}, z, fmask)
@@ -130,8 +142,13 @@ class RepresentationTrainer:
         )
 
     # ---- steps -------------------------------------------------------------------------
+    def _latents(self, frozen, batch):
+        if "latents" in batch:  # from the latent cache
+            return batch["latents"], batch["frame_mask"]
+        return self.ae.latents(frozen["ae"], batch["audio"], batch["mask"])
+
     def _train_step(self, trained, quantizer, frozen, batch, *, with_llm: bool):
-        z, fmask = self.ae.latents(frozen["ae"], batch["audio"], batch["mask"])
+        z, fmask = self._latents(frozen, batch)
         _, targets, tmask = self._targets(quantizer, z, fmask)
         lc = self.config.loss
 
@@ -207,19 +224,20 @@ class RepresentationTrainer:
         return self.encoder.apply({"params": params["encoder"]}, z, fmask)["repr"], fmask
 
     def _compile(self) -> None:
-        s = self.shardings
-        rep = parallel.replicated(self.mesh)
-        batch_s = {k: parallel.batch_sharding(self.mesh, 2) for k in BATCH_KEYS}
+        s, mesh = self.shardings, self.mesh
+        rep = parallel.replicated(mesh)
+        batch_s = _batch_shardings(mesh, BATCH_KEYS)
         trained_s = {k: s[k] for k in ("step", "rng", "skipped", "params", "opt")}
         frozen_s = jax.tree.map(lambda x: x.sharding, self.frozen())
         self._steps = {
-            on: jax.jit(
+            (on, keys): jax.jit(
                 functools.partial(self._train_step, with_llm=on),
-                in_shardings=(trained_s, s["quantizer"], frozen_s, batch_s),
+                in_shardings=(trained_s, s["quantizer"], frozen_s, _batch_shardings(mesh, keys)),
                 out_shardings=(trained_s, rep),
                 donate_argnums=(0,),
             )
             for on in (False, True)
+            for keys in (BATCH_KEYS, LATENT_KEYS)
         }
         self._eval_jit = jax.jit(
             self._eval_step,
@@ -233,14 +251,22 @@ class RepresentationTrainer:
         ids, mask = tokenize_texts(
             self.text_tokenizer, local["text"], self.config.llm.max_text_tokens
         )
+        if "latents" in local:  # a training batch of the latent cache
+            return {
+                "latents": local["latents"],
+                "frame_mask": local["frame_mask"],
+                "text_ids": ids,
+                "text_mask": mask,
+            }
         return {"audio": local["audio"], "mask": local["mask"], "text_ids": ids, "text_mask": mask}
 
     def train_step(self, state: dict, batch: dict, step: int) -> tuple[dict, dict]:
         with_llm = bool(np.any(parallel.to_host(jnp.max(batch["text_mask"]))))
         trained = {k: state[k] for k in ("step", "rng", "skipped", "params", "opt")}
-        batch = {k: batch[k] for k in BATCH_KEYS}
+        keys = _keys_of(batch)
+        batch = {k: batch[k] for k in keys}
         with jax.set_mesh(self.mesh):
-            trained, metrics = self._steps[with_llm](
+            trained, metrics = self._steps[with_llm, keys](
                 trained, state["quantizer"], self.frozen(), batch
             )
         return dict(state, **trained), metrics
@@ -296,12 +322,22 @@ class RepresentationTrainer:
 
     def step_flops(self, state: dict, batch: dict, step: int) -> float:
         trained = {k: state[k] for k in ("step", "rng", "skipped", "params", "opt")}
-        batch = {k: batch[k] for k in BATCH_KEYS}
+        keys = _keys_of(batch)
+        batch = {k: batch[k] for k in keys}
         with jax.set_mesh(self.mesh):
-            lowered = self._steps[True].lower(trained, state["quantizer"], self.frozen(), batch)
+            jitted = self._steps[True, keys]
+            lowered = jitted.lower(trained, state["quantizer"], self.frozen(), batch)
             cost = lowered.compile().cost_analysis()
         cost = cost[0] if isinstance(cost, list) else cost
         return float(cost.get("flops", 0.0)) if cost else 0.0
+
+
+def _keys_of(batch: dict) -> tuple[str, ...]:
+    return LATENT_KEYS if "latents" in batch else BATCH_KEYS
+
+
+def _batch_shardings(mesh, keys: tuple[str, ...]) -> dict:
+    return {k: parallel.batch_sharding(mesh, 3 if k == "latents" else 2) for k in keys}
 
 
 def _mean(total: jax.Array, count: jax.Array) -> tuple[jax.Array, jax.Array]:
