@@ -30,12 +30,11 @@ def get_config():
     c.data.eval_bucket_seconds = (8.0, 16.0)
     c.data.eval_batch_size = 8
     c.data.eval_max_examples = 16
-    c.train.steps = 200
+    c.train.steps = 120
     c.train.batch_size = 4
     c.train.log_every = 10
-    c.train.eval_every = 100
-    c.train.sample_every = 100
-    c.train.checkpoint_every = 100
+    c.train.eval_every = 60
+    c.train.sample_every = 60
+    c.train.checkpoint_every = 60
     c.train.keep_checkpoints = 2
-    c.train.eval_at_start = True
     return c
