@@ -174,9 +174,15 @@ def watch(s: Session, timeout_s: float, poll_s: float) -> list[int]:
     logging.info("watching %s (%s evaluated: %s)", s.reader.directory, s.split, sorted(done))
     while True:
         for step in [t for t in s.reader.steps() if t not in done]:
-            if not s.reader.has_step(step):
-                continue  # deleted by the training's keep_checkpoints since it was listed
-            evaluate_step(s, step)
+            try:
+                evaluate_step(s, step)
+            except Exception:
+                if s.reader.has_step(step):
+                    raise
+                # The training's keep_checkpoints deleted it after it was listed.
+                logging.warning("checkpoint %d was deleted before it was evaluated", step)
+                done.add(step)
+                continue
             done.add(step)
             evaluated.append(step)
             last_new = time.monotonic()

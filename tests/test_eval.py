@@ -249,7 +249,7 @@ def test_checkpoint_of_an_8_device_mesh_evaluates_on_one_device(setup, watched):
     for name in ("mel_distance", "stft_distance", "si_sdr", "wer/original"):
         assert np.isfinite(values[f"valid/{name}"]), (name, values)
     assert values["valid/num_examples"] == 4
-    # sigma 0 decodes the clean latents: the robustness curve starts at the reconstruction.
+    # The 4 utterances all get the robustness curve, which starts at the reconstruction.
     np.testing.assert_allclose(
         values["valid/robustness/mel_sigma_0"], values["valid/mel_distance"], rtol=1e-5
     )

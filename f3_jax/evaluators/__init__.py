@@ -22,6 +22,8 @@ import dataclasses
 
 import numpy as np
 
+from f3_jax.config import ConfigError
+
 
 @dataclasses.dataclass
 class EvalOptions:
@@ -30,7 +32,7 @@ class EvalOptions:
     split: str  # the data split evaluated
     batch_size: int  # global eval batch (a multiple of the eval mesh's data axes)
     max_examples: int | None  # first examples of the split; None = all
-    probe_examples: int = 256  # training-split examples a linear probe is fit on (stage 2)
+    probe_examples: int = 256  # training-split examples the probes are fit on (0: no probes)
     probe_bins: int = 4  # quantile classes of a continuous probe label
     num_threads: int = 2  # host threads for PESQ, STOI and the recognizer
 
@@ -67,7 +69,7 @@ def create(config, trainer, options: EvalOptions):
 
         return RepresentationEvaluator(config, trainer, options)
     # Stage 3 ("flow") goes here: see the module docstring.
-    raise ValueError(
+    raise ConfigError(
         f"config.stage={config.stage!r} has no evaluator: add f3_jax/evaluators/"
         f"{config.stage}.py and its branch in f3_jax.evaluators.create"
     )

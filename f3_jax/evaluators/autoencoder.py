@@ -4,7 +4,8 @@ Per checkpoint, on every utterance of the split:
 - on device, jitted and batched: multi-scale mel distance (the training validation's scales),
   multi-resolution STFT distance, SI-SDR, per-channel latent mean/std and per-frame RMS, and
   the robustness curve: mel distance of decode(z + sigma * eps) for each sigma of SIGMAS (eps
-  fixed per batch, so every checkpoint sees the same noise);
+  fixed per batch, so every checkpoint sees the same noise). Each sigma costs a decoder pass,
+  so the curve covers the first batches of the split only (ROBUSTNESS_EXAMPLES utterances);
 - on host threads: wideband PESQ, STOI (mean over the clips they can score, and the number
   they cannot), and pocketsphinx transcripts of the reconstructions scored against the
   transcripts, next to the recognizer's WER on the original audio (computed once per split and
@@ -19,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from f3_jax.data import DataError
 from f3_jax.evaluators import EvalOptions, EvalResult, common
 from f3_jax.losses.spectral import mel_distance
 from f3_jax.metrics import intelligibility, latents, recognizer
@@ -31,6 +33,7 @@ SIGMAS = (0.0, 0.05, 0.1, 0.2, 0.5, 1.0)
 NUM_AUDIO_EXAMPLES = 2  # spectrogram pairs and audio clips per evaluation
 NUM_TRANSCRIPT_ROWS = 8  # transcripts shown in the report
 ROBUSTNESS_SEED = 0
+ROBUSTNESS_EXAMPLES = 8  # at least this many utterances (whole batches) get the curve
 
 HEADLINE = {
     "mel_distance": "lower",
@@ -84,22 +87,24 @@ class AutoencoderEvaluator:
         pad = lambda x: np.pad(x, ((0, 0), (0, extra)))
         return {"audio": pad(local["audio"]), "mask": pad(local["mask"])}
 
-    def _batch(self, variables, local: dict, index: int) -> dict:
+    def _batch(self, variables, local: dict, index: int, robustness: bool) -> dict:
         """Device work of one batch; numpy results of its real rows."""
         mesh = self.trainer.mesh
         batch = common.device_batch(self._pad_to_hop(local), mesh)
+        audio, mask = batch["audio"], batch["mask"]
+        noisy = []
         with jax.set_mesh(mesh):
-            est, z, metrics, sums = self._reconstruct_jit(variables, batch["audio"], batch["mask"])
-            noisy = [
-                self._noisy_mel_jit(
-                    variables, z, batch["audio"], batch["mask"], jnp.float32(s), jnp.int32(index)
-                )
-                for s in SIGMAS
-            ]
+            est, z, metrics, sums = self._reconstruct_jit(variables, audio, mask)
+            if robustness:  # sigma 0 is the reconstruction itself
+                noisy = [
+                    self._noisy_mel_jit(variables, z, audio, mask, jnp.float32(s), index)
+                    for s in SIGMAS[1:]
+                ]
         rows = common.real_rows(local)
         est, metrics, sums, noisy = jax.device_get((est, metrics, sums, noisy))
         out = {k: np.asarray(v)[rows] for k, v in metrics.items()}
-        out["robustness"] = np.stack([np.asarray(n)[rows] for n in noisy], axis=1)  # (n, sigmas)
+        curve = [out["mel_distance"]] + [np.asarray(n)[rows] for n in noisy]
+        out["robustness"] = np.stack(curve, axis=1) if noisy else np.zeros((0, len(SIGMAS)))
         out["sums"] = sums
         out["est"] = common.clips(est, local["mask"], rows)
         out["ref"] = common.clips(local["audio"], local["mask"], rows)
@@ -111,14 +116,14 @@ class AutoencoderEvaluator:
     def evaluate(self, state: dict, step: int) -> EvalResult:
         variables = self.trainer.inference_variables(state)
         o = self.options
-        parts = [
-            self._batch(variables, local, i)
-            for i, local in enumerate(
-                common.local_batches(self.config, o.split, o.batch_size, o.max_examples)
-            )
-        ]
-        if not parts or not sum(len(p["id"]) for p in parts):
-            raise ValueError(f"split {o.split!r} has no utterances to evaluate")
+        parts, noisy_rows = [], 0
+        batches = common.local_batches(self.config, o.split, o.batch_size, o.max_examples)
+        for i, local in enumerate(batches):
+            # The robustness curve decodes len(SIGMAS) - 1 more times: first batches only.
+            parts.append(self._batch(variables, local, i, noisy_rows < ROBUSTNESS_EXAMPLES))
+            noisy_rows += len(parts[-1]["robustness"])
+        if not sum(len(p["id"]) for p in parts):
+            raise DataError(f"split {o.split!r} of {self.config.data.path} has no utterances")
         cat = lambda key: [x for p in parts for x in p[key]]
         refs, ests, texts, ids = cat("ref"), cat("est"), cat("text"), cat("id")
         device = {k: np.concatenate([p[k] for p in parts]) for k in HOST_KEYS}
@@ -129,6 +134,7 @@ class AutoencoderEvaluator:
         scalars = {k: float(np.mean(v)) for k, v in device.items() if k != "robustness"}
         robustness = device["robustness"].mean(axis=0)
         scalars |= {f"robustness/mel_sigma_{s:g}": float(v) for s, v in zip(SIGMAS, robustness)}
+        scalars["robustness/num_examples"] = float(len(device["robustness"]))
         scalars |= self._quality(refs, ests)
         hyps_orig = self._transcripts_of_originals(o.split, ids, refs)
         hyps_rec = recognizer.transcribe(ests, self.sample_rate, o.num_threads)

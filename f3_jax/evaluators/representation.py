@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from f3_jax import parallel
+from f3_jax.data import DataError
 from f3_jax.evaluators import EvalOptions, EvalResult, common
 from f3_jax.metrics.probe import evaluate_probe
 from f3_jax.metrics.wer import word_error_rate
@@ -134,6 +135,8 @@ class RepresentationEvaluator:
                 texts += [str(local["text"][i]) for i in with_text]
                 hyps += [batch_hyps[i] for i in with_text]
                 ids += [str(local["id"][i]) for i in with_text]
+        if not reprs.feats or not sum(len(f) for f in reprs.feats):
+            raise DataError(f"split {split!r} of {self.config.data.path} has no utterances")
         if lat is not None:
             self._latent_features[split] = lat.arrays()
         scalars = means.result()
@@ -141,10 +144,12 @@ class RepresentationEvaluator:
             scalars["transcript/wer"] = word_error_rate(texts, hyps)
             scalars["transcript/num_utterances"] = float(len(texts))
 
-        train_reprs, train_lat = self._train_features(state)
-        if train_lat is not None:
-            self._latent_features[self.config.data.train_split] = train_lat.arrays()
-        probes = self._probes(train_reprs.arrays(), reprs.arrays())
+        probes = {}
+        if self.options.probe_examples > 0:
+            train_reprs, train_lat = self._train_features(state)
+            if train_lat is not None:
+                self._latent_features[self.config.data.train_split] = train_lat.arrays()
+            probes = self._probes(train_reprs.arrays(), reprs.arrays())
         for label, result in probes.items():
             scalars |= {f"probe/{label}/{k}": v for k, v in result.items()}
 
