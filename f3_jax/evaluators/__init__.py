@@ -10,10 +10,10 @@ and is built as `Evaluator(config, trainer, options)`. It may cache what does no
 checkpoint (the recognizer's transcripts of the original audio, the raw latents of a probe
 set) between calls, since --watch evaluates many checkpoints with one evaluator.
 
-Adding a stage (stage 3, `config.stage == "flow"`): write f3_jax/evaluators/flow.py with a
-`FlowEvaluator(config, trainer, options)` returning an EvalResult, and add its branch to
-`create`. The driver, the files under WORKDIR/eval/ and the report need no change: the report
-draws whatever scalars, headline metrics and panels the result holds (see report.py).
+Adding a stage: write f3_jax/evaluators/<stage>.py with an evaluator returning an EvalResult
+(as flow.py does for stage 3), and add its branch to `create`. The driver, the files under
+WORKDIR/eval/ and the report need no change: the report draws whatever scalars, headline
+metrics and panels the result holds (see report.py).
 """
 
 from __future__ import annotations
@@ -68,7 +68,10 @@ def create(config, trainer, options: EvalOptions):
         from f3_jax.evaluators.representation import RepresentationEvaluator
 
         return RepresentationEvaluator(config, trainer, options)
-    # Stage 3 ("flow") goes here: see the module docstring.
+    if config.stage == "flow":
+        from f3_jax.evaluators.flow import FlowEvaluator
+
+        return FlowEvaluator(config, trainer, options)
     raise ConfigError(
         f"config.stage={config.stage!r} has no evaluator: add f3_jax/evaluators/"
         f"{config.stage}.py and its branch in f3_jax.evaluators.create"
