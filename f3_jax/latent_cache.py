@@ -33,15 +33,26 @@ from f3_jax.data.sources import SplitSource, open_split
 from f3_jax.tokenizer import Tokenizer
 from f3_jax.trainers import frozen
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "A stage-2 or stage-3 config (configs/repr_*.py, flow_*.py).", lock_config=True
-)
-_SPLITS = flags.DEFINE_list("splits", ["train"], "Data splits to encode.")
-_DTYPE = flags.DEFINE_enum("dtype", "float32", list(latent_records.DTYPES), "Stored latents.")
-_GROUP = flags.DEFINE_integer("group", 32, "Utterances per Tokenizer.encode call.")
-_CHUNK = flags.DEFINE_integer("chunk_frames", 500, "Latent frames per window (memory vs speed).")
-_WINDOWS = flags.DEFINE_integer("batch_windows", 8, "Windows per jitted encoder call.")
-_NUM_SHARDS = flags.DEFINE_integer("num_shards", 0, "Shards per split (0: one per 1024 records).")
+_CONFIG = _SPLITS = _DTYPE = _GROUP = _CHUNK = _WINDOWS = _NUM_SHARDS = None
+
+
+def define_flags() -> None:
+    """The CLI's flags, defined only when run as a program: other modules (f3_jax.eval,
+    f3_jax.tokenize) define flags of the same names, and tests import them side by side."""
+    global _CONFIG, _SPLITS, _DTYPE, _GROUP, _CHUNK, _WINDOWS, _NUM_SHARDS
+    _CONFIG = config_flags.DEFINE_config_file(
+        "config",
+        None,
+        "A stage-2 or stage-3 config (configs/repr_*.py, flow_*.py).",
+        lock_config=True,
+    )
+    _SPLITS = flags.DEFINE_list("splits", ["train"], "Data splits to encode.")
+    _DTYPE = flags.DEFINE_enum("dtype", "float32", list(latent_records.DTYPES), "Stored latents.")
+    _GROUP = flags.DEFINE_integer("group", 32, "Utterances per Tokenizer.encode call.")
+    _CHUNK = flags.DEFINE_integer("chunk_frames", 500, "Latent frames per window.")
+    _WINDOWS = flags.DEFINE_integer("batch_windows", 8, "Windows per jitted encoder call.")
+    _NUM_SHARDS = flags.DEFINE_integer("num_shards", 0, "Shards per split (0: 1 per 1024 records).")
+
 
 RECORDS_PER_SHARD = 1024
 
@@ -188,4 +199,5 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)
