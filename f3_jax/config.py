@@ -140,6 +140,19 @@ def train_defaults() -> ml_collections.ConfigDict:
     return t
 
 
+def adamw_defaults() -> ml_collections.ConfigDict:
+    """AdamW with warmup and cosine decay: the optimizer of the transformer stages (2, 3)."""
+    o = ml_collections.ConfigDict()
+    o.lr = 3e-4
+    o.b1 = 0.9
+    o.b2 = 0.98
+    o.weight_decay = 0.01
+    o.grad_clip = 1.0
+    o.warmup_steps = 2000
+    o.schedule = "cosine"  # or "constant" (after warmup)
+    return o
+
+
 def representation_defaults() -> ml_collections.ConfigDict:
     """Stage 2: the representation encoder over frozen stage-1 latents, full size."""
     c = ml_collections.ConfigDict()
@@ -188,14 +201,7 @@ def representation_defaults() -> ml_collections.ConfigDict:
     c.loss.rq_mtp_weight = 1.0
     c.loss.llm_weight = 1.0
 
-    c.optim = ml_collections.ConfigDict()
-    c.optim.lr = 3e-4
-    c.optim.b1 = 0.9
-    c.optim.b2 = 0.98
-    c.optim.weight_decay = 0.01
-    c.optim.grad_clip = 1.0
-    c.optim.warmup_steps = 2000
-    c.optim.schedule = "cosine"
+    c.optim = adamw_defaults()
 
     c.train = train_defaults()
 
@@ -251,20 +257,12 @@ def flow_defaults() -> ml_collections.ConfigDict:
     c.sampling.temperature = 1.0  # scale of the initial noise
     c.sampling.max_seconds = 20.0  # length cap of generated audio
 
-    c.optim = ml_collections.ConfigDict()
-    c.optim.lr = 3e-4
-    c.optim.b1 = 0.9
-    c.optim.b2 = 0.98
-    c.optim.weight_decay = 0.01
-    c.optim.grad_clip = 1.0
-    c.optim.warmup_steps = 2000
-    c.optim.schedule = "cosine"
+    c.optim = adamw_defaults()
 
     c.train = train_defaults()
 
     c.eval = ml_collections.ConfigDict()
     c.eval.num_generate = 2  # valid transcripts spoken at each validation (logged as audio)
-    c.eval.teacher_forced_examples = 4  # valid clips decoded from teacher-forced patch samples
 
     c.data = data_defaults()
     c.data.crop_mode = "utterance"
@@ -354,6 +352,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
         raise ConfigError(f"config.compute_dtype={config.compute_dtype!r}: float32 or bfloat16")
     if config.data.crop_mode not in ("random", "utterance"):
         raise ConfigError(f"config.data.crop_mode={config.data.crop_mode!r}: random or utterance")
+    if config.optim.schedule not in ("constant", "cosine"):
+        raise ConfigError(f"config.optim.schedule={config.optim.schedule!r}: constant or cosine")
     if config.stage == "autoencoder":
         _validate_autoencoder(config)
     elif config.stage == "representation":
@@ -407,8 +407,6 @@ def _validate_representation(config) -> None:
         raise ConfigError(f"config.rq_mtp.horizons={config.rq_mtp.horizons} must be at least 1")
     if a.downsample < 1:
         raise ConfigError(f"config.adapter.downsample={a.downsample} must be at least 1")
-    if config.optim.schedule not in ("constant", "cosine"):
-        raise ConfigError(f"config.optim.schedule={config.optim.schedule!r}: constant or cosine")
 
 
 def _validate_flow(config) -> None:
@@ -431,5 +429,3 @@ def _validate_flow(config) -> None:
         )
     if not 0.0 <= fh.cond_drop_prob <= 1.0:
         raise ConfigError(f"config.flow_head.cond_drop_prob={fh.cond_drop_prob} not in [0, 1]")
-    if config.optim.schedule not in ("constant", "cosine"):
-        raise ConfigError(f"config.optim.schedule={config.optim.schedule!r}: constant or cosine")
