@@ -160,7 +160,7 @@ class RepresentationEvaluator:
             "transcript/wer": "lower",
         }
         headline |= {f"probe/{label}/representation": "higher" for label in probes}
-        panels = [_horizon_panel(scalars), _probe_panel(probes)]
+        panels = [_horizon_panel(scalars), _probe_panel(probes, self.options.probe_bins)]
         panels.append(_transcript_panel(ids, texts, hyps))
         return EvalResult(scalars, headline, [p for p in panels if p], sample_rate=0)
 
@@ -216,20 +216,22 @@ def _horizon_panel(scalars: dict) -> dict | None:
     }
 
 
-def _probe_panel(probes: dict) -> dict | None:
+def _probe_panel(probes: dict, bins: int) -> dict | None:
     if not probes:
         return None
     labels = sorted(probes)
+    names = {
+        "representation": "representation",
+        "latent": "raw latents",
+        "chance": "majority class",
+    }
     return {
         "kind": "bars",
-        "title": "Linear probes: test accuracy (quantile classes)",
+        "title": f"Linear probes: test accuracy, {bins} quantile classes (guessing: {1 / bins:g})",
         "name": "probes",
         "categories": labels,
         "y_label": "accuracy",
-        "series": {
-            kind: [probes[label][kind] for label in labels]
-            for kind in ("representation", "latent", "chance")
-        },
+        "series": {name: [probes[label][kind] for label in labels] for kind, name in names.items()},
     }
 
 

@@ -22,7 +22,8 @@ def write_json(path: str, value) -> None:
     """Atomic: a temporary file in the same directory, then os.replace."""
     tmp = f"{path}.tmp-{os.getpid()}"
     with open(tmp, "w") as f:
-        json.dump(_finite(value), f, indent=1, sort_keys=True, allow_nan=False)
+        # Insertion order kept: panels list their series in the order they are drawn.
+        json.dump(_finite(value), f, indent=1, allow_nan=False)
     os.replace(tmp, path)
 
 
@@ -76,7 +77,10 @@ class EvalStore:
         """Merges one evaluation's scalars into metrics.json (a re-evaluation overwrites)."""
         raw = read_json(self._path("metrics.json"), {})
         raw.setdefault(str(int(step)), {}).update({k: float(v) for k, v in values.items()})
-        write_json(self._path("metrics.json"), raw)
+        by_step = {
+            k: dict(sorted(v.items())) for k, v in sorted(raw.items(), key=lambda kv: int(kv[0]))
+        }
+        write_json(self._path("metrics.json"), by_step)
 
     def write_details(self, split: str, step: int, details: dict) -> None:
         write_json(os.path.join(self.details_dir, f"{split}-{int(step)}.json"), details)
