@@ -48,7 +48,7 @@ _TIMEOUT_S = flags.DEFINE_float(
 )
 _POLL_S = flags.DEFINE_float("poll_s", 30.0, "--watch: seconds between looks for checkpoints.")
 _PROBE_EXAMPLES = flags.DEFINE_integer(
-    "probe_examples", 256, "Stage 2: training-split examples the linear probes are fit on."
+    "probe_examples", 256, "Stage 2: training-split examples the probes are fit on (0: no probes)."
 )
 _NUM_THREADS = flags.DEFINE_integer(
     "num_threads", None, "Host threads for PESQ, STOI and the recognizer (default: all CPUs)."
