@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from f3_jax.losses import rq_mtp
 from f3_jax.models.adapter import stack_patches
@@ -57,6 +58,7 @@ def test_causal_encoder_ignores_the_future():
     assert np.abs(np.asarray(b1[:, :6] - b2[:, :6])).max() > 1e-3  # bidirectional sees it
 
 
+@pytest.mark.slow  # generation's incremental = recompute test covers the cached encoder too
 def test_incremental_encoding_equals_full():
     enc = _encoder()
     params = enc.init(jax.random.key(0), Z, MASK)

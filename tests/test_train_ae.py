@@ -31,7 +31,12 @@ def single():
     return config, trainer, host_init, jax.device_get(state), metrics
 
 
-@pytest.fixture(scope="module", params=[(2, 4, 1), (4, 1, 2)], ids=["data2_fsdp4", "data4_tp2"])
+# The second mesh is in the slow run: each mesh costs minutes of XLA:CPU compiles.
+@pytest.fixture(
+    scope="module",
+    params=[(2, 4, 1), pytest.param((4, 1, 2), marks=pytest.mark.slow)],
+    ids=["data2_fsdp4", "data4_tp2"],
+)
 def sharded(request, single):
     config = single[0]
     trainer = _trainer(config, request.param, jax.devices())
