@@ -160,6 +160,7 @@ def test_noise_only_in_training_and_deterministic_inference():
     np.testing.assert_allclose(per_example, sigma, rtol=0.35, atol=0.02)
 
 
+@pytest.mark.slow  # keeps the default run under 15 min on 2 cores
 def test_sigma_distributions():
     (_, _, s), _ = bottleneck_apply("layer", "uniform", noise_max=0.5, batch=4096)
     assert s.shape == (4096,) and float(s.min()) >= 0.0 and float(s.max()) <= 0.5
@@ -191,6 +192,7 @@ def test_autoencoder_train_call_shapes():
     assert "batch_stats" in upd and out["wav"].shape == (3, 60)
 
 
+@pytest.mark.slow  # keeps the default run under 15 min on 2 cores
 def test_receptive_field_bounds_dependence():
     """Samples (frames) beyond half the receptive field from a frame (sample) never reach it."""
     c = small_config((2, 3), sample_rate=600)

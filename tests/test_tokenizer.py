@@ -206,6 +206,7 @@ def _without_export(workdir: str) -> Tokenizer:
     return Tokenizer.from_checkpoint(workdir)
 
 
+@pytest.mark.slow  # keeps the default run under 15 min on 2 cores
 def test_cli_round_trip(tmp_path):
     config = tiny_ae_config()
     checkpoint.write_export(str(tmp_path), random_variables(config), config, step=1)
