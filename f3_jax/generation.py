@@ -38,10 +38,17 @@ class Generator:
         self.mesh = mesh
         self.patch = rep.patch_frames
         fh = config.flow_head
+        dtype = jnp.dtype(config.compute_dtype)  # as in training
         self.head = PatchFlowHead(
-            fh.width, fh.depth, self.patch, ae.latent_dim, fh.time_embed_dim, fh.cond_drop_prob
+            fh.width,
+            fh.depth,
+            self.patch,
+            ae.latent_dim,
+            fh.time_embed_dim,
+            fh.cond_drop_prob,
+            dtype=dtype,
         )
-        self.stop = StopHead(fh.stop_hidden)
+        self.stop = StopHead(fh.stop_hidden, dtype=dtype)
         self.instruction = list(text_tokenizer.encode(config.llm.instruction))
         frames_per_second = config.sample_rate / ae.hop
         self.max_patches = max(

@@ -27,7 +27,6 @@ from f3_jax.metrics.wer import normalize_text, utterance_word_error_rates, word_
 RECOGNIZER_RATE = 16000  # the bundled en-us acoustic model's rate
 
 
-
 class Recognizer:
     """One pocketsphinx Decoder; not thread-safe, so give each thread its own."""
 
@@ -74,6 +73,7 @@ def transcribe(
         return [run(c) for c in clips]
     with ThreadPoolExecutor(max_workers=min(num_threads, len(clips))) as pool:
         return list(pool.map(run, clips))
+
 
 __all__ = [
     "RECOGNIZER_RATE",

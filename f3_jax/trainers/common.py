@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import optax
 
 from f3_jax import parallel
+from f3_jax.models.llm_prompt import tokenize_texts
 
 
 def learning_rate_schedule(
@@ -80,3 +81,14 @@ def abstract_like(state_shardings, abstract_state):
         state_shardings,
         abstract_state,
     )
+
+
+def text_batch(local: dict, tokenizer, max_text_tokens: int) -> dict:
+    """Stages 2 and 3: the step's inputs from a numpy batch (audio, or the latent cache's
+    latents) with the transcripts tokenized for the LLM."""
+    ids, mask = tokenize_texts(tokenizer, local["text"], max_text_tokens)
+    if "latents" in local:  # a training batch of the latent cache
+        inputs = {"latents": local["latents"], "frame_mask": local["frame_mask"]}
+    else:
+        inputs = {"audio": local["audio"], "mask": local["mask"]}
+    return inputs | {"text_ids": ids, "text_mask": mask}

@@ -34,7 +34,6 @@ from f3_jax.models.adapter import stack_patches
 from f3_jax.models.flow_head import PatchFlowHead, StopHead
 from f3_jax.models.llm import LLM
 from f3_jax.models.llm_loaders import load_llm
-from f3_jax.models.llm_prompt import tokenize_texts
 from f3_jax.sampling import sample_flow
 from f3_jax.trainers import common, frozen
 
@@ -331,17 +330,7 @@ class FlowTrainer:
 
     # ---- public step API used by the train loop ----------------------------------------
     def host_batch(self, local: dict) -> dict:
-        ids, mask = tokenize_texts(
-            self.text_tokenizer, local["text"], self.config.llm.max_text_tokens
-        )
-        if "latents" in local:  # a training batch of the latent cache
-            return {
-                "latents": local["latents"],
-                "frame_mask": local["frame_mask"],
-                "text_ids": ids,
-                "text_mask": mask,
-            }
-        return {"audio": local["audio"], "mask": local["mask"], "text_ids": ids, "text_mask": mask}
+        return common.text_batch(local, self.text_tokenizer, self.config.llm.max_text_tokens)
 
     def train_step(self, state: dict, batch: dict, step: int) -> tuple[dict, dict]:
         trained = {k: state[k] for k in TRAINED_KEYS}

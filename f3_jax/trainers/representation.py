@@ -30,7 +30,6 @@ from f3_jax.models.llm_loaders import load_llm
 from f3_jax.models.llm_prompt import (
     greedy_transcribe,
     prompt_embeddings,
-    tokenize_texts,
     transcript_nll,
 )
 from f3_jax.models.quantizer import RandomProjectionQuantizer
@@ -248,17 +247,7 @@ class RepresentationTrainer:
     # ---- public step API used by the train loop ----------------------------------------
     def host_batch(self, local: dict) -> dict:
         """This process's numpy batch with the transcripts tokenized for the LLM."""
-        ids, mask = tokenize_texts(
-            self.text_tokenizer, local["text"], self.config.llm.max_text_tokens
-        )
-        if "latents" in local:  # a training batch of the latent cache
-            return {
-                "latents": local["latents"],
-                "frame_mask": local["frame_mask"],
-                "text_ids": ids,
-                "text_mask": mask,
-            }
-        return {"audio": local["audio"], "mask": local["mask"], "text_ids": ids, "text_mask": mask}
+        return common.text_batch(local, self.text_tokenizer, self.config.llm.max_text_tokens)
 
     def train_step(self, state: dict, batch: dict, step: int) -> tuple[dict, dict]:
         with_llm = bool(np.any(parallel.to_host(jnp.max(batch["text_mask"]))))
