@@ -1,7 +1,9 @@
 """Orbax checkpoints: train state, data iterator state and resolved config, plus exports.
 
 Layout under WORKDIR/checkpoints/<step>/: `state` (the train-state pytree), `data` (the Grain
-iterator state of every process), `config` (the resolved config and the f3_jax version).
+iterator state of every process, one JSON file each: a job of another process count reads all
+of them to resume, see data/global_order.py), `config` (the resolved config and the f3_jax
+version).
 Restores are strict: the checkpoint's tree must match the expected one leaf for leaf (names
 and shapes), and a mismatch stops with the first differing leaf named. Arrays restore onto
 whatever shardings the caller asks for, so a checkpoint moves between meshes.
@@ -126,10 +128,10 @@ class Checkpointer:
     def state_metadata(self, step: int):
         return self._manager.item_metadata(step)["state"].tree
 
-    def restore(self, step: int, abstract_state, data_iter=None):
+    def restore(self, step: int, abstract_state):
         """Restores `state` onto the shardings in `abstract_state` (ShapeDtypeStructs).
 
-        `data_iter`, when given, is set to the saved position. Strict: see module doc.
+        Strict: see module doc. The data position is read with `data_position`.
         """
         check_same_tree(
             flatten_shapes(abstract_state),
@@ -137,9 +139,18 @@ class Checkpointer:
             f"checkpoint {self.directory / str(step)}",
         )
         items = {"state": ocp.args.StandardRestore(abstract_state)}
-        if data_iter is not None:
-            items["data"] = grain.checkpoint.CheckpointRestore(data_iter)
         return self._manager.restore(step, args=ocp.args.Composite(**items)).state
+
+    def data_position(self, step: int, global_batch_size: int) -> tuple[int, dict | None, int]:
+        """(start, iterator state or None, skipped count) of this process; any process count."""
+        from f3_jax.data.global_order import restore_position
+
+        return restore_position(
+            self.directory / str(step) / "data",
+            jax.process_index(),
+            jax.process_count(),
+            global_batch_size,
+        )
 
     def restore_raw(self, step: int | None = None) -> Any:
         """The state tree as saved, on the default device (for inference and eval tools)."""

@@ -137,6 +137,11 @@ def train(config, workdir: str) -> None:
         data.ensure_dataset(config.data, config.sample_rate)
     trainer = trainers.create(config, mesh)
     train_t = config.train
+    ckpt = checkpoint.Checkpointer(workdir, keep=train_t.keep_checkpoints)
+    start = ckpt.latest_step() or 0
+    data_start, data_state, num_skipped = 0, None, 0
+    if start:
+        data_start, data_state, num_skipped = ckpt.data_position(start, train_t.batch_size)
     data_iter = iter(
         data.train_dataset(
             config.data,
@@ -146,14 +151,18 @@ def train(config, workdir: str) -> None:
             process_index=jax.process_index(),
             process_count=jax.process_count(),
             latent_cache=getattr(trainer, "latent_cache", None),  # stages 2, 3: data.latent_cache
+            start=data_start,
+            num_skipped=num_skipped,
         )
     )
-
-    ckpt = checkpoint.Checkpointer(workdir, keep=train_t.keep_checkpoints)
-    start = ckpt.latest_step() or 0
     if start:
         logging.info("resuming from %s/%d", ckpt.directory, start)
-        state = ckpt.restore(start, trainer.abstract_state(), data_iter)
+        if data_state is None:
+            logging.info("another process count or batch size: data from element %d", data_start)
+        else:
+            data_iter.set_state(data_state)
+        data_iter.start_prefetch()  # reads the next batches while the state restores
+        state = ckpt.restore(start, trainer.abstract_state())
     else:
         state = trainer.initial_state()
 

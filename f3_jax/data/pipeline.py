@@ -3,12 +3,16 @@
 Training pipeline (grain), per process:
 
     MapDataset.source(split)              random access over every record of the split
-      [process_index::process_count]      this process's records: disjoint, together all
       .shuffle(seed).repeat(None)         a new order each epoch; the first epoch's order does
                                           not depend on how many epochs follow (none configured:
                                           the trainer stops by step count)
       .random_map(RandomCrop)             crop of data.crop_seconds (shorter: padded + mask),
-                                          optional gain; a bad record becomes a skip marker
+                                          optional gain; a bad record becomes a skip marker.
+                                          Seeded by global index: the same for every process
+      ProcessSlice(global batch, process) this process's rows of every global batch
+                                          (data/global_order.py): the global batches do not
+                                          depend on the process count, so a job resumes with
+                                          another count where it stopped
       .to_iter_dataset(read threads)
       [.mp_prefetch(data.num_workers)]    worker processes when num_workers > 0
       SkipCountingBatch(batch_size)       drops and counts skip markers, stacks a batch
@@ -37,6 +41,7 @@ from f3_jax.data.crops import RandomCrop
 from f3_jax.data.dataset_info import read_info
 from f3_jax.data.errors import DataError
 from f3_jax.data.evaluation import eval_batches
+from f3_jax.data.global_order import ProcessSlice
 from f3_jax.data.latent_records import LatentCache, LatentCrop, split_shards
 from f3_jax.data.sources import SplitSource, open_split
 
@@ -134,11 +139,16 @@ def train_dataset(
     process_count: int,
     num_epochs: int | None = None,
     latent_cache: LatentCache | None = None,
+    start: int = 0,
+    num_skipped: int = 0,
 ) -> grain.IterDataset:
     """The training batches of this process (batch_size is per process); see the docstring.
 
-    num_epochs=None (the trainer's use) repeats forever; a number is for tests and tools.
+    num_epochs=None (the trainer's use) repeats forever; a number is for tests and tools
+    (a last global batch that the data does not fill is dropped).
     latent_cache (stages 2 and 3 with data.latent_cache): batches of cached latents instead.
+    start: the global element to begin at, num_skipped: the skipped-record count to carry
+    on from (both from global_order.restore_position when resuming).
     """
     if not 0 <= process_index < process_count:
         raise DataError(f"process_index={process_index} not in [0, {process_count})")
@@ -146,15 +156,19 @@ def train_dataset(
         source, where, crop = _latent_source(data_cfg, latent_cache, sample_rate)
     else:
         source, where, crop = _audio_source(data_cfg, sample_rate)
+    if len(source) == 0:
+        raise DataError(f"{where} has no records")
     shuffle_seed, crop_seed = _seeds(seed)
-    ds = grain.MapDataset.source(source)[process_index::process_count]
-    if len(ds) == 0:
-        raise DataError(
-            f"{where} has {len(source)} records: none for process "
-            f"{process_index} of {process_count}"
-        )
-    ds = ds.shuffle(seed=shuffle_seed).repeat(num_epochs)
+    ds = grain.MapDataset.source(source).shuffle(seed=shuffle_seed).repeat(num_epochs)
     ds = ds.random_map(crop, seed=crop_seed)
+    global_batch = batch_size * process_count
+    ds = ProcessSlice(
+        ds,
+        global_batch_size=global_batch,
+        process_index=process_index,
+        process_count=process_count,
+        start=start,
+    )
     buffer = max(1, data_cfg.prefetch_buffer) * batch_size
     ds = ds.to_iter_dataset(
         grain.ReadOptions(num_threads=data_cfg.read_threads, prefetch_buffer_size=buffer)
@@ -167,7 +181,10 @@ def train_dataset(
             ),
             worker_init_fn=_mark_flags_parsed,
         )
-    batches = SkipCountingBatch(ds, batch_size, give_up_after=max(1000, 2 * len(source)))
+    position = {"start": start, "global_batch_size": global_batch, "num_skipped": num_skipped}
+    batches = SkipCountingBatch(
+        ds, batch_size, give_up_after=max(1000, 2 * len(source)), position=position
+    )
     return batches.map(_rename_latents) if latent_cache is not None else batches
 
 
