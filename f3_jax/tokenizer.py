@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from f3_jax import checkpoint
+from f3_jax import checkpoint, storage
 from f3_jax.data.audio_io import resample
 from f3_jax.models.autoencoder import Autoencoder, receptive_field
 
@@ -163,9 +163,10 @@ class Tokenizer:
 
         A stage-2 workdir gives a tokenizer that also has `represent`: its export holds the
         representation encoder and a copy of the frozen autoencoder it was trained on.
+        `workdir` may be a gs:// (or other etils.epath) URL.
         """
         export = os.path.join(workdir, checkpoint.EXPORT_DIR)
-        if os.path.exists(os.path.join(export, "config.json")):
+        if storage.as_path(export, "config.json").exists():
             variables, config, export_step = checkpoint.read_export(export)
             if config.stage == "representation":
                 if step is not None and step != export_step:
@@ -277,7 +278,7 @@ class Tokenizer:
 
 def _from_orbax(workdir: str, step: int | None) -> tuple[ml_collections.ConfigDict, dict]:
     """(config, variables) of a stage-1 training checkpoint: EMA weights when saved."""
-    if not os.path.isdir(os.path.join(workdir, "checkpoints")):
+    if not storage.as_path(workdir, "checkpoints").is_dir():
         # Checked first: the Checkpointer would create an empty directory there.
         raise FileNotFoundError(f"no {checkpoint.EXPORT_DIR}/ and no checkpoints/ in {workdir}")
     ckpt = checkpoint.Checkpointer(workdir, async_save=False)

@@ -17,11 +17,13 @@ Panels are JSON dicts made by the evaluators, of these kinds:
 from __future__ import annotations
 
 import datetime
+import io
 import math
 import os
 
 import numpy as np
 
+from f3_jax import storage
 from f3_jax.evaluators.store import EvalStore
 
 ARROWS = {"lower": "↓", "higher": "↑"}
@@ -34,6 +36,13 @@ def _plt():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def _save_figure(fig, path: str, **kwargs) -> None:
+    """A matplotlib figure as a PNG at `path` (local or remote), written whole."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", **kwargs)
+    storage.write_bytes(path, buf.getvalue())
 
 
 def fmt(value) -> str:
@@ -58,7 +67,9 @@ def save_spectrograms(audio: dict, sample_rate: int, store: EvalStore, split: st
     paths, captions = [], []
     for i, (name, pair) in enumerate(audio.items()):
         rel = os.path.join("figures", f"spectrogram_{split}_{step}_{i}.png")
-        Image.fromarray(mel_image(pair, sample_rate)).save(os.path.join(store.directory, rel))
+        buf = io.BytesIO()
+        Image.fromarray(mel_image(pair, sample_rate)).save(buf, format="png")
+        storage.write_bytes(os.path.join(store.directory, rel), buf.getvalue())
         paths.append(rel)
         captions.append(str(name))
     return {
@@ -86,7 +97,7 @@ def _curves_figure(history: dict, names: list[str], split: str, path: str) -> No
     for ax in axes.ravel()[len(names) :]:
         ax.axis("off")
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    _save_figure(fig, path, dpi=90)
     plt.close(fig)
 
 
@@ -113,7 +124,7 @@ def _xy_figure(panel: dict, by_step: dict[int, dict], path: str) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    _save_figure(fig, path, dpi=90)
     plt.close(fig)
 
 
@@ -131,7 +142,7 @@ def _bars_figure(panel: dict, path: str) -> None:
     ax.grid(alpha=0.3, axis="y")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    _save_figure(fig, path, dpi=90)
     plt.close(fig)
 
 
@@ -242,8 +253,5 @@ def write_report(store: EvalStore, *, workdir: str, stage: str) -> str:
     for split in store.splits():
         lines += _split_section(store, history, split)
     path = os.path.join(store.directory, "report.md")
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write("\n".join(lines))
-    os.replace(tmp, path)
+    storage.write_text(path, "\n".join(lines))
     return path

@@ -5,8 +5,10 @@
   details/<split>-<step>.json   the step's report panels and headline metrics
   figures/                PNGs of the report (report.py)
 
-Every JSON file is written to a temporary name and renamed, so a reader (or a killed eval)
-never sees half a file. Non-finite values are stored as null (JSON has no NaN).
+Every file is written whole (f3_jax.storage.write_bytes: a temporary name and a rename on a
+local disk, one upload on object storage), so a reader (or a killed eval) never sees half a
+file. The workdir may be a gs:// (or other etils.epath) URL. Non-finite values are stored as
+null (JSON has no NaN).
 """
 
 from __future__ import annotations
@@ -15,23 +17,20 @@ import json
 import math
 import os
 
+from f3_jax import storage
+
 EVAL_DIR = "eval"
 
 
 def write_json(path: str, value) -> None:
-    """Atomic: a temporary file in the same directory, then os.replace."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        # Insertion order kept: panels list their series in the order they are drawn.
-        json.dump(_finite(value), f, indent=1, allow_nan=False)
-    os.replace(tmp, path)
+    """Atomic (storage.write_text)."""
+    # Insertion order kept: panels list their series in the order they are drawn.
+    storage.write_text(path, json.dumps(_finite(value), indent=1, allow_nan=False))
 
 
 def read_json(path: str, default):
-    if not os.path.exists(path):
-        return default
-    with open(path) as f:
-        return json.load(f)
+    text = storage.read_text(path)
+    return default if text is None else json.loads(text)
 
 
 def _finite(value):
@@ -52,7 +51,7 @@ class EvalStore:
         self.figures = os.path.join(self.directory, "figures")
         self.details_dir = os.path.join(self.directory, "details")
         for d in (self.directory, self.figures, self.details_dir):
-            os.makedirs(d, exist_ok=True)
+            storage.ensure_dir(d)
 
     def _path(self, name: str) -> str:
         return os.path.join(self.directory, name)
@@ -89,7 +88,7 @@ class EvalStore:
         """{step: details} of a split, steps ascending."""
         out = {}
         prefix = f"{split}-"
-        for name in os.listdir(self.details_dir):
+        for name in storage.listdir(self.details_dir):
             stem = name[: -len(".json")]
             if name.endswith(".json") and stem.startswith(prefix) and stem[len(prefix) :].isdigit():
                 out[int(stem[len(prefix) :])] = read_json(os.path.join(self.details_dir, name), {})
