@@ -1,93 +1,369 @@
-"""Train-step benchmark: compiled step time, audio-seconds/s per device, FLOPs, MFU, memory.
+"""Train-step benchmark for every stage: step time, compile time, audio-seconds/s per device,
+FLOPs per step (XLA cost analysis), achieved FLOP/s, MFU and peak memory.
 
     python benchmarks/train_step.py --config configs/ae_demo.py [--config.train.batch_size=4]
+    python benchmarks/train_step.py --config configs/repr_demo.py --steps 3
+    python benchmarks/train_step.py --config configs/flow_24k.py --config.train.batch_size=1 \
+        --config.data.crop_seconds=5 --json /tmp/flow_24k.json
 
-Runs on synthetic batches (no data needed), so it measures the step alone. FLOPs come from the
-compiled steps' cost analysis; MFU is against the peak of the device found in DEVICE_PEAKS.
+The step is fed one synthetic batch in the data pipeline's format (audio, mask, text, id,
+num_skipped) passed through `trainer.host_batch` and `parallel.global_batch`, as train.py does,
+so no data and no training run are needed. Stages 2 and 3 run frozen earlier stages inside their
+step: with --random_frozen (default) the benchmark writes random-weight exports of them in a
+temporary directory, from --ae_config / --repr_config (default: the sibling config of --config,
+configs/repr_demo.py -> configs/ae_demo.py), so it measures the step alone; with
+--norandom_frozen it reads config.autoencoder.workdir / config.representation.workdir. The
+frozen LLM is config.llm.path as configured (SmolLM2-135M by default; its weights do not change
+the cost).
+
+FLOPs are XLA's cost analysis of the compiled step (the generator and discriminator steps for
+stage 1, the step with the LLM term for stage 2), per device: the compiled module is the
+per-device SPMD program. MFU compares them with DEVICE_PEAKS (dense bf16); devices without an
+entry (CPUs) print n/a, and the achieved GFLOP/s is printed for comparing CPU runs.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import json
+import math
+import os
+import resource
+import sys
+import tempfile
 import time
 
+import flax.linen as nn
 import jax
+import jax.numpy as jnp
+import ml_collections
 import numpy as np
-from absl import app, flags
-from ml_collections import config_flags
 
+from f3_jax import checkpoint, parallel, trainers
 from f3_jax import config as config_lib
-from f3_jax import parallel, trainers
+from f3_jax.models.autoencoder import Autoencoder
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.")
-_STEPS = flags.DEFINE_integer("steps", 5, "Timed steps after warm-up.")
-_ADVERSARIAL = flags.DEFINE_bool("adversarial", True, "Time the step with the GAN terms on.")
-
-# Dense bf16 peak FLOP/s per device (vendor figures, no sparsity).
+# Dense bf16 peak FLOP/s per device (vendor figures, no sparsity), matched by prefix of
+# device.device_kind. The one table of peaks: MFU is reported only for these devices.
 DEVICE_PEAKS = {
-    "TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5e": 197e12, "TPU v5p": 459e12,
-    "TPU v6 lite": 918e12, "TPU v6e": 918e12,
-    "NVIDIA A100": 312e12, "NVIDIA H100": 989e12, "NVIDIA H200": 989e12,
+    "TPU v4": 275e12,
+    "TPU v5 lite": 197e12,
+    "TPU v5e": 197e12,
+    "TPU v5p": 459e12,
+    "TPU v5": 459e12,  # v5p reports "TPU v5"
+    "TPU v6 lite": 918e12,
+    "TPU v6e": 918e12,
+    "NVIDIA A100": 312e12,
+    "NVIDIA H100": 989e12,
+    "NVIDIA H200": 989e12,
 }
+
+SYNTHETIC_TEXT = (
+    "the quick brown fox jumps over the lazy dog while seven bright stars rise above the "
+    "quiet harbour and the night train rolls slowly past the old mill by the river"
+)
 
 
 def device_peak(device) -> float | None:
+    """Dense bf16 peak FLOP/s of `device`, or None when DEVICE_PEAKS has no entry."""
     kind = getattr(device, "device_kind", "")
-    for name, peak in DEVICE_PEAKS.items():
+    for name in sorted(DEVICE_PEAKS, key=len, reverse=True):  # longest prefix first
         if kind.startswith(name):
-            return peak
+            return DEVICE_PEAKS[name]
     return None
 
 
+# ---- configs and random frozen stages ---------------------------------------------------
+def load_config_file(path: str) -> ml_collections.ConfigDict:
+    """get_config() of a config file (no command-line overrides)."""
+    spec = importlib.util.spec_from_file_location("_benchmark_config", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
 
-def synthetic(config, mesh) -> dict:
-    rng = np.random.default_rng(0)
+
+def sibling_config(config_path: str, prefix: str) -> str:
+    """configs/flow_demo.py, "ae" -> configs/ae_demo.py (the same size of another stage)."""
+    directory, name = os.path.split(config_path)
+    size = name.split("_", 1)[1] if "_" in name else name
+    path = os.path.join(directory, f"{prefix}_{size}")
+    if not os.path.exists(path):
+        raise FileNotFoundError(
+            f"no {path} for the frozen stage of {config_path}: pass --{prefix}_config"
+        )
+    return path
+
+
+def write_random_autoencoder(ae_config, directory: str) -> str:
+    """A stage-1 export with random weights (jitted init: eager init is slow on CPU)."""
+    model = Autoencoder.from_config(ae_config)
+    hop = int(ae_config.model.hop)
+    init = jax.jit(
+        lambda key: model.init({"params": key, "noise": key}, jnp.zeros((1, 8 * hop)), train=False)
+    )
+    checkpoint.write_export(directory, nn.unbox(init(jax.random.key(0))), ae_config, 0)
+    return directory
+
+
+def write_random_representation(repr_config, directory: str, mesh) -> str:
+    """A stage-2 export with random weights, through the stage-2 trainer's own export."""
+    trainer = trainers.create(repr_config, mesh)
+    trainer.export(directory, trainer.initial_state(), 0)
+    return directory
+
+
+def with_random_frozen(config, root: str, mesh, ae_config, repr_config=None):
+    """A copy of `config` whose frozen stages are random-weight exports written under root."""
+    config = ml_collections.ConfigDict(config.to_dict())
+    if config.stage == "autoencoder":
+        return config
+    ae_config = ml_collections.ConfigDict(ae_config.to_dict())
+    if int(ae_config.sample_rate) != int(config.sample_rate):
+        raise ValueError(
+            f"the stage-1 config's sample_rate {ae_config.sample_rate} differs from "
+            f"config.sample_rate={config.sample_rate}"
+        )
+    ae_dir = write_random_autoencoder(ae_config, os.path.join(root, "ae"))
+    config.autoencoder.workdir = ae_dir
+    if config.stage == "flow":
+        rc = ml_collections.ConfigDict(repr_config.to_dict())
+        rc.sample_rate = config.sample_rate
+        rc.autoencoder.workdir = ae_dir
+        rc.llm.path = config.llm.path
+        rc.llm.dtype, rc.llm.param_dtype = config.llm.dtype, config.llm.param_dtype
+        rc.data.crop_seconds = min(rc.data.crop_seconds, config.data.crop_seconds)
+        rc.train.batch_size = rc.data.eval_batch_size = _data_parallel(mesh)
+        repr_dir = os.path.join(root, "repr")
+        write_random_representation(rc, repr_dir, mesh)
+        config.representation.workdir = repr_dir
+    return config
+
+
+def _data_parallel(mesh) -> int:
+    return int(mesh.shape["data"] * mesh.shape["fsdp"])
+
+
+# ---- the batch ------------------------------------------------------------------------
+def synthetic_local_batch(config, seed: int = 0) -> dict:
+    """A numpy batch as the data pipeline yields it: every clip a full crop with a transcript."""
+    rng = np.random.default_rng(seed)
+    b = config.train.batch_size // jax.process_count()
     length = round(config.data.crop_seconds * config.sample_rate)
-    audio = (0.1 * rng.standard_normal((config.train.batch_size, length))).astype(np.float32)
-    return parallel.global_batch({"audio": audio, "mask": np.ones_like(audio)}, mesh)
+    t = np.arange(length) / config.sample_rate
+    freqs = rng.uniform(100, 1000, size=(b, 1))
+    audio = 0.4 * np.sin(2 * np.pi * freqs * t) + 0.05 * rng.standard_normal((b, length))
+    return {
+        "audio": audio.astype(np.float32),
+        "mask": np.ones((b, length), np.float32),
+        "text": np.array([SYNTHETIC_TEXT] * b, dtype=object),
+        "id": np.array([f"synthetic-{i}" for i in range(b)], dtype=object),
+        "num_skipped": np.int64(0),
+    }
+
+
+def device_batch(trainer, config, mesh) -> dict:
+    """The step's inputs, through host_batch and global_batch as in the train loop."""
+    return parallel.global_batch(trainer.host_batch(synthetic_local_batch(config)), mesh)
+
+
+# ---- measuring ------------------------------------------------------------------------
+def first_step(config, adversarial: bool = True) -> int:
+    """The step number timed: stage 1 with its GAN terms on unless adversarial=False."""
+    if config.stage == "autoencoder" and adversarial:
+        return int(config.train.adversarial_start)
+    return 0
+
+
+def time_steps(trainer, state, batch, step0: int, steps: int):
+    """(state, first-step seconds (compile + run), list of steady step seconds)."""
+    t = time.perf_counter()
+    state, metrics = trainer.train_step(state, batch, step0)
+    jax.block_until_ready((state, metrics))
+    first = time.perf_counter() - t
+    times = []
+    for i in range(steps):
+        t = time.perf_counter()
+        state, metrics = trainer.train_step(state, batch, step0 + 1 + i)
+        jax.block_until_ready((state, metrics))  # one step at a time (CPU device deadlocks)
+        times.append(time.perf_counter() - t)
+    return state, first, times
+
+
+def peak_memory() -> tuple[float, str]:
+    """(bytes, what was measured): the device's peak when it reports one, else process RSS."""
+    stats = jax.local_devices()[0].memory_stats() or {}
+    if "peak_bytes_in_use" in stats:
+        return float(stats["peak_bytes_in_use"]), "device peak_bytes_in_use"
+    kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    return float(kib) * 1024.0, "process max RSS (host)"
+
+
+def mesh_for(config, num_devices: int | None = None):
+    """The config's mesh over all devices, or over the first num_devices."""
+    devices = jax.devices()[:num_devices] if num_devices else jax.devices()
+    return parallel.make_mesh(config.mesh, devices)
+
+
+def measure(config, mesh, steps: int, adversarial: bool = True) -> dict:
+    """Builds the trainer for `config` (frozen stages already in place) and times its step."""
+    config_lib.validate(config, mesh.devices.size)
+    t = time.perf_counter()
+    trainer = trainers.create(config, mesh)
+    state = trainer.initial_state()
+    jax.block_until_ready(state)
+    setup_s = time.perf_counter() - t
+    batch = device_batch(trainer, config, mesh)
+    step0 = first_step(config, adversarial)
+    state, first_s, times = time_steps(trainer, state, batch, step0, steps)
+    step_s = float(np.median(times)) if times else first_s
+    t = time.perf_counter()
+    flops = float(trainer.step_flops(state, batch, step0))
+    flops_s = time.perf_counter() - t
+    return figures(config, mesh, trainer, step_s, first_s, setup_s, flops, flops_s, len(times))
+
+
+def figures(config, mesh, trainer, step_s, first_s, setup_s, flops, flops_s, n_timed) -> dict:
+    n = mesh.devices.size
+    device = mesh.devices.flat[0]
+    peak = device_peak(device)
+    achieved = flops / step_s  # per device: cost analysis counts the per-device program
+    memory, memory_what = peak_memory()
+    return {
+        "stage": config.stage,
+        "batch_size": int(config.train.batch_size),
+        "crop_seconds": float(config.data.crop_seconds),
+        "compute_dtype": str(config.compute_dtype),
+        "mesh": {k: int(v) for k, v in mesh.shape.items()},
+        "devices": n,
+        "device_kind": device.device_kind,
+        "platform": device.platform,
+        "params_m": trainer.parameter_count() / 1e6,
+        "setup_s": setup_s,
+        "first_step_s": first_s,
+        "compile_s": max(first_s - step_s, 0.0),
+        "step_s": step_s,
+        "timed_steps": n_timed,
+        "audio_s_per_s_per_device": config.train.batch_size * config.data.crop_seconds / step_s / n,
+        "flops_per_step": flops,
+        "flops_analysis_s": flops_s,
+        "achieved_tflops_per_device": achieved / 1e12,
+        "achieved_gflops_per_device": achieved / 1e9,
+        "peak_tflops_bf16": peak / 1e12 if peak else None,
+        "mfu": achieved / peak if peak else None,
+        "peak_memory_gib": memory / 2**30,
+        "peak_memory_source": memory_what,
+    }
+
+
+def report(f: dict) -> str:
+    mfu = (
+        f"{100 * f['mfu']:.1f} % of {f['peak_tflops_bf16']:.0f} TFLOP/s (bf16 dense peak)"
+        if f["mfu"] is not None
+        else "n/a (no peak figure for this device)"
+    )
+    lines = [
+        f"config            {f['stage']} batch {f['batch_size']} x {f['crop_seconds']} s, "
+        f"{f['compute_dtype']}, mesh {f['mesh']}",
+        f"device            {f['devices']} x {f['device_kind']} ({f['platform']})",
+        f"params            {f['params_m']:.2f} M (trained)",
+        f"setup             {f['setup_s']:.1f} s (trainer + state init)",
+        f"compile           {f['compile_s']:.1f} s (first step {f['first_step_s']:.1f} s "
+        "minus a steady step)",
+        f"step time         {f['step_s'] * 1e3:.1f} ms (median of {f['timed_steps']})",
+        f"audio-s/s/device  {f['audio_s_per_s_per_device']:.3f}",
+        f"FLOPs/step        {f['flops_per_step'] / 1e9:.2f} GFLOP per device (XLA cost analysis)",
+        f"achieved          {f['achieved_gflops_per_device']:.2f} GFLOP/s = "
+        f"{f['achieved_tflops_per_device']:.4f} TFLOP/s per device",
+        f"MFU               {mfu}",
+        f"peak memory       {f['peak_memory_gib']:.2f} GiB ({f['peak_memory_source']})",
+    ]
+    return "\n".join(lines)
+
+
+def finite_positive(f: dict, keys=("step_s", "flops_per_step", "audio_s_per_s_per_device")):
+    return all(math.isfinite(f[k]) and f[k] > 0 for k in keys)
+
+
+def run(
+    config,
+    steps: int,
+    *,
+    random_frozen: bool = True,
+    ae_config=None,
+    repr_config=None,
+    adversarial: bool = True,
+    num_devices: int | None = None,
+) -> dict:
+    """The figures of `config`'s step; random frozen stages in a temporary directory."""
+    mesh = mesh_for(config, num_devices)
+    if config.stage == "autoencoder":
+        return measure(config, mesh, steps, adversarial) | {"adversarial": adversarial}
+    if not random_frozen:
+        return measure(config, mesh, steps)
+    with tempfile.TemporaryDirectory(prefix="f3_bench_") as root:
+        config = with_random_frozen(config, root, mesh, ae_config, repr_config)
+        return measure(config, mesh, steps)
+
+
+def write_json(path: str, figures_: dict) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(figures_, f, indent=1, sort_keys=True)
+
+
+# ---- command line ---------------------------------------------------------------------
+def define_flags():
+    from absl import flags
+    from ml_collections import config_flags
+
+    config_flags.DEFINE_config_file("config", None, "Config file of the stage to time.")
+    config_flags.DEFINE_config_file("ae_config", None, "Stage-1 config of the random export.")
+    config_flags.DEFINE_config_file("repr_config", None, "Stage-2 config of the random export.")
+    flags.DEFINE_integer("steps", 5, "Timed steps after the first (compiling) one.")
+    flags.DEFINE_bool("random_frozen", True, "Random-weight exports of the frozen stages.")
+    flags.DEFINE_bool("adversarial", True, "Stage 1: time the step with the GAN terms on.")
+    flags.DEFINE_integer("devices", None, "Use the first N devices (default: all).")
+    flags.DEFINE_string("json", None, "Also write the figures as JSON to this path.")
+    return flags.FLAGS
+
+
+def frozen_configs(flag_values) -> tuple:
+    """(stage-1 config, stage-2 config) for the random exports: the flags or the siblings."""
+    config = flag_values.config
+    path = flag_values["config"].config_filename
+    ae, rep = flag_values.ae_config, flag_values.repr_config
+    if config.stage != "autoencoder" and ae is None:
+        ae = load_config_file(sibling_config(path, "ae"))
+    if config.stage == "flow" and rep is None:
+        rep = load_config_file(sibling_config(path, "repr"))
+    return ae, rep
 
 
 def main(argv) -> None:
     del argv
-    config = _CONFIG.value
-    config_lib.validate(config, jax.device_count())
-    mesh = parallel.make_mesh(config.mesh)
-    trainer = trainers.create(config, mesh)
-    batch = synthetic(config, mesh)
-    step0 = config.train.adversarial_start if _ADVERSARIAL.value else 0
-    t0 = time.perf_counter()
-    state = trainer.initial_state()
-    state, metrics = trainer.train_step(state, batch, step0)
-    jax.block_until_ready(metrics)
-    compile_s = time.perf_counter() - t0
-    times = []
-    for i in range(_STEPS.value):
-        t = time.perf_counter()
-        state, metrics = trainer.train_step(state, batch, step0 + 1 + i)
-        jax.block_until_ready(metrics)
-        times.append(time.perf_counter() - t)
-    step_s = float(np.median(times))
-    flops = trainer.step_flops(state, batch, step0)
-    n = jax.device_count()
-    audio_s = config.train.batch_size * config.data.crop_seconds / step_s
-    peak = device_peak(jax.devices()[0])
-    mem = jax.devices()[0].memory_stats() or {}
-    print(f"config            {config.stage} batch {config.train.batch_size} x "
-          f"{config.data.crop_seconds}s, {config.compute_dtype}, mesh {dict(mesh.shape)}")
-    print(f"device            {n} x {jax.devices()[0].device_kind}")
-    print(f"params            {trainer.parameter_count() / 1e6:.2f} M")
-    print(f"init+compile      {compile_s:.1f} s")
-    print(f"step time         {step_s * 1e3:.1f} ms (median of {len(times)})")
-    print(f"audio-s/s/device  {audio_s / n:.2f}")
-    print(f"FLOPs/step        {flops / 1e12:.4f} TFLOP")
-    print(f"achieved          {flops / step_s / n / 1e12:.3f} TFLOP/s per device")
-    if peak:
-        print(f"MFU               {100 * flops / step_s / n / peak:.1f} % of {peak / 1e12:.0f} "
-              "TFLOP/s bf16 peak")
-    else:
-        print("MFU               n/a (no peak figure for this device)")
-    if "peak_bytes_in_use" in mem:
-        print(f"peak memory       {mem['peak_bytes_in_use'] / 2**30:.2f} GiB per device")
+    from absl import flags
+
+    fv = flags.FLAGS
+    ae, rep = frozen_configs(fv) if fv.random_frozen else (None, None)
+    f = run(
+        fv.config,
+        fv.steps,
+        random_frozen=fv.random_frozen,
+        ae_config=ae,
+        repr_config=rep,
+        adversarial=fv.adversarial,
+        num_devices=fv.devices,
+    )
+    print(report(f))
+    if fv.json:
+        write_json(fv.json, f)
+        print(f"wrote {fv.json}")
+    if not finite_positive(f):
+        sys.exit("non-positive or non-finite figures")
 
 
 if __name__ == "__main__":
+    from absl import app
+
+    define_flags()
     app.run(main)
