@@ -94,14 +94,19 @@ def sibling_config(config_path: str, prefix: str) -> str:
     return path
 
 
-def write_random_autoencoder(ae_config, directory: str) -> str:
-    """A stage-1 export with random weights (jitted init: eager init is slow on CPU)."""
+def random_autoencoder_variables(ae_config) -> dict:
+    """Random stage-1 variables (jitted init: eager init is slow on CPU)."""
     model = Autoencoder.from_config(ae_config)
     hop = int(ae_config.model.hop)
     init = jax.jit(
         lambda key: model.init({"params": key, "noise": key}, jnp.zeros((1, 8 * hop)), train=False)
     )
-    checkpoint.write_export(directory, nn.unbox(init(jax.random.key(0))), ae_config, 0)
+    return nn.unbox(init(jax.random.key(0)))
+
+
+def write_random_autoencoder(ae_config, directory: str) -> str:
+    """A stage-1 export with random weights."""
+    checkpoint.write_export(directory, random_autoencoder_variables(ae_config), ae_config, 0)
     return directory
 
 
