@@ -24,6 +24,7 @@ entry (CPUs) print n/a, and the achieved GFLOP/s is printed for comparing CPU ru
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import math
@@ -209,15 +210,20 @@ def mesh_for(config, num_devices: int | None = None):
     return parallel.make_mesh(config.mesh, devices)
 
 
-def measure(config, mesh, steps: int, adversarial: bool = True) -> dict:
-    """Builds the trainer for `config` (frozen stages already in place) and times its step."""
+def setup(config, mesh) -> tuple:
+    """(trainer, initial state, device batch, seconds) for `config` (frozen stages in place)."""
     config_lib.validate(config, mesh.devices.size)
     t = time.perf_counter()
     trainer = trainers.create(config, mesh)
     state = trainer.initial_state()
     jax.block_until_ready(state)
     setup_s = time.perf_counter() - t
-    batch = device_batch(trainer, config, mesh)
+    return trainer, state, device_batch(trainer, config, mesh), setup_s
+
+
+def measure(config, mesh, steps: int, adversarial: bool = True) -> dict:
+    """Builds the trainer for `config` (frozen stages already in place) and times its step."""
+    trainer, state, batch, setup_s = setup(config, mesh)
     step0 = first_step(config, adversarial)
     state, first_s, times = time_steps(trainer, state, batch, step0, steps)
     step_s = float(np.median(times)) if times else first_s
@@ -289,25 +295,23 @@ def finite_positive(f: dict, keys=("step_s", "flops_per_step", "audio_s_per_s_pe
     return all(math.isfinite(f[k]) and f[k] > 0 for k in keys)
 
 
-def run(
-    config,
-    steps: int,
-    *,
-    random_frozen: bool = True,
-    ae_config=None,
-    repr_config=None,
-    adversarial: bool = True,
-    num_devices: int | None = None,
-) -> dict:
-    """The figures of `config`'s step; random frozen stages in a temporary directory."""
+@contextlib.contextmanager
+def prepared(config, *, random_frozen=True, ae_config=None, repr_config=None, num_devices=None):
+    """Yields (config, mesh) with the frozen stages in place: random-weight exports in a
+    temporary directory (random_frozen) or the config's own workdirs."""
     mesh = mesh_for(config, num_devices)
-    if config.stage == "autoencoder":
-        return measure(config, mesh, steps, adversarial) | {"adversarial": adversarial}
-    if not random_frozen:
-        return measure(config, mesh, steps)
+    if config.stage == "autoencoder" or not random_frozen:
+        yield config, mesh
+        return
     with tempfile.TemporaryDirectory(prefix="f3_bench_") as root:
-        config = with_random_frozen(config, root, mesh, ae_config, repr_config)
-        return measure(config, mesh, steps)
+        yield with_random_frozen(config, root, mesh, ae_config, repr_config), mesh
+
+
+def run(config, steps: int, *, adversarial: bool = True, **frozen) -> dict:
+    """The figures of `config`'s step. `frozen`: the keyword arguments of `prepared`."""
+    with prepared(config, **frozen) as (config, mesh):
+        f = measure(config, mesh, steps, adversarial)
+    return f | ({"adversarial": adversarial} if config.stage == "autoencoder" else {})
 
 
 def write_json(path: str, figures_: dict) -> None:
@@ -344,21 +348,23 @@ def frozen_configs(flag_values) -> tuple:
     return ae, rep
 
 
+def frozen_kwargs(flag_values) -> dict:
+    """The keyword arguments of `prepared` from the command line."""
+    ae, rep = frozen_configs(flag_values) if flag_values.random_frozen else (None, None)
+    return {
+        "random_frozen": flag_values.random_frozen,
+        "ae_config": ae,
+        "repr_config": rep,
+        "num_devices": flag_values.devices,
+    }
+
+
 def main(argv) -> None:
     del argv
     from absl import flags
 
     fv = flags.FLAGS
-    ae, rep = frozen_configs(fv) if fv.random_frozen else (None, None)
-    f = run(
-        fv.config,
-        fv.steps,
-        random_frozen=fv.random_frozen,
-        ae_config=ae,
-        repr_config=rep,
-        adversarial=fv.adversarial,
-        num_devices=fv.devices,
-    )
+    f = run(fv.config, fv.steps, adversarial=fv.adversarial, **frozen_kwargs(fv))
     print(report(f))
     if fv.json:
         write_json(fv.json, f)
