@@ -25,6 +25,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
+from f3_jax import storage
 from f3_jax.version import __version__
 
 EXPORT_DIR = "export"
@@ -190,27 +191,31 @@ def unflatten_params(flat: dict[str, np.ndarray]) -> dict:
 
 
 def write_export(workdir: str, variables: dict, config, step: int) -> None:
-    """Writes WORKDIR/export/{weights.safetensors,config.json} atomically (process 0 only)."""
-    from safetensors.numpy import save_file
+    """Writes WORKDIR/export/{weights.safetensors,config.json}, each file whole (process 0 only).
+
+    WORKDIR may be a gs:// (or other etils.epath) URL: see f3_jax.storage.write_bytes.
+    """
+    from safetensors.numpy import save
 
     if jax.process_index() != 0:
         return
     out = epath.Path(workdir) / EXPORT_DIR
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = os.fspath(out / "weights.safetensors.tmp")
-    save_file(_flat_params(variables), tmp)
-    os.chmod(tmp, 0o644)  # safetensors writes 0600; others on a shared filesystem must read it
-    os.replace(tmp, os.fspath(out / "weights.safetensors"))
+    storage.ensure_dir(out)
+    # 0644: safetensors' save_file would write 0600; others on a shared filesystem must read it
+    storage.write_bytes(out / "weights.safetensors", save(_flat_params(variables)), mode=0o644)
     record = config_record(config) | {"step": int(step)}
-    (out / "config.json.tmp").write_text(json.dumps(record, indent=1))
-    os.replace(os.fspath(out / "config.json.tmp"), os.fspath(out / "config.json"))
+    storage.write_text(out / "config.json", json.dumps(record, indent=1), mode=0o644)
 
 
 def read_export(path: str) -> tuple[dict, ml_collections.ConfigDict, int]:
-    """(variables, config, step) from an export directory."""
-    from safetensors.numpy import load_file
+    """(variables, config, step) from an export directory (local, or a gs:// URL)."""
+    from safetensors.numpy import load, load_file
 
     path = epath.Path(path)
     record = json.loads((path / "config.json").read_text())
-    variables = unflatten_params(load_file(os.fspath(path / "weights.safetensors")))
-    return variables, ml_collections.ConfigDict(record["config"]), record["step"]
+    weights = path / "weights.safetensors"
+    if storage.is_remote(path):
+        flat = load(weights.read_bytes())
+    else:
+        flat = load_file(os.fspath(weights))  # memory-mapped
+    return unflatten_params(flat), ml_collections.ConfigDict(record["config"]), record["step"]

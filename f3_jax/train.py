@@ -8,7 +8,9 @@ resume, then step / log / validate / checkpoint until done or asked to stop.
 from __future__ import annotations
 
 import os
+import socket
 import sys
+import time
 
 import jax
 import jax.numpy as jnp
@@ -17,10 +19,10 @@ from absl import app, flags, logging
 from jax.experimental import multihost_utils
 from ml_collections import config_flags
 
-from f3_jax import checkpoint, data, parallel, trainers
+from f3_jax import checkpoint, data, parallel, storage, trainers
 from f3_jax import config as config_lib
 from f3_jax.parallel import to_host
-from f3_jax.preemption import PreemptionWatcher
+from f3_jax.preemption import GCE_MAINTENANCE_URL, MaintenanceWatcher, PreemptionWatcher
 from f3_jax.summary import Progress, SummaryWriter
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -42,6 +44,26 @@ _DISTRIBUTED = flags.DEFINE_enum(
 _LOCAL_DEVICE_IDS = flags.DEFINE_list(
     "local_device_ids", None, "Devices of this process (default: JAX's choice)."
 )
+_INIT_TIMEOUT = flags.DEFINE_integer(
+    "distributed_timeout",
+    300,
+    "Seconds to wait for every process to join jax.distributed (the coordinator reachable).",
+)
+_HEARTBEAT_TIMEOUT = flags.DEFINE_integer(
+    "heartbeat_timeout",
+    100,
+    "Seconds without a heartbeat after which a process counts as dead and the others stop.",
+)
+_WATCH_MAINTENANCE = flags.DEFINE_enum(
+    "watch_maintenance",
+    "auto",
+    ["auto", "yes", "no"],
+    "Treat a host-maintenance notice from the GCE metadata server as a SIGTERM (save, exit 0). "
+    "auto = on TPU devices.",
+)
+_MAINTENANCE_URL = flags.DEFINE_string(
+    "maintenance_url", GCE_MAINTENANCE_URL, "Metadata URL of the maintenance notice."
+)
 _RECORD_BATCH_IDS = flags.DEFINE_bool(
     "record_batch_ids",
     False,
@@ -51,20 +73,90 @@ _RECORD_BATCH_IDS = flags.DEFINE_bool(
 
 
 def maybe_initialize_distributed() -> None:
-    """jax.distributed.initialize when flags or the environment (TPU pod, SLURM) say so."""
+    """jax.distributed.initialize when flags or the environment (TPU pod, SLURM) say so.
+
+    A coordinator that does not answer within --distributed_timeout stops the process with a
+    message naming it, instead of a hang or a bare RPC error.
+    """
     if _DISTRIBUTED.value == "no":
         return
     ids = [int(i) for i in _LOCAL_DEVICE_IDS.value] if _LOCAL_DEVICE_IDS.value else None
-    if _COORDINATOR.value or (_NUM_PROCESSES.value or 1) > 1:
-        jax.distributed.initialize(
-            _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, local_device_ids=ids
+    explicit = bool(_COORDINATOR.value) or (_NUM_PROCESSES.value or 1) > 1
+    detected = (
+        int(os.environ.get("SLURM_NTASKS", "1")) > 1
+        or os.environ.get("TPU_WORKER_HOSTNAMES", "").count(",") > 0
+    )
+    if not (explicit or detected or _DISTRIBUTED.value == "yes"):
+        return
+    kwargs = dict(
+        local_device_ids=ids,
+        initialization_timeout=_INIT_TIMEOUT.value,
+        heartbeat_timeout_seconds=_HEARTBEAT_TIMEOUT.value,
+    )
+    if explicit:  # else JAX detects the cluster: Cloud TPU VM, GKE, SLURM, MPI
+        kwargs |= dict(
+            coordinator_address=_COORDINATOR.value,
+            num_processes=_NUM_PROCESSES.value,
+            process_id=_PROCESS_ID.value,
         )
-    elif _DISTRIBUTED.value == "yes":
-        jax.distributed.initialize(local_device_ids=ids)  # JAX detects TPU VM, GKE, SLURM, MPI
-    elif "SLURM_NTASKS" in os.environ and int(os.environ["SLURM_NTASKS"]) > 1:
-        jax.distributed.initialize()
-    elif os.environ.get("TPU_WORKER_HOSTNAMES", "").count(",") > 0:
-        jax.distributed.initialize()
+    where = _COORDINATOR.value or "the coordinator JAX detected"
+    problem = None
+    if _COORDINATOR.value and _PROCESS_ID.value:
+        # JAX's client aborts the process (a C++ fatal error, no exception) when the
+        # coordinator never answers; find out first, and say so in words.
+        problem = wait_for_coordinator(_COORDINATOR.value, _INIT_TIMEOUT.value)
+    if problem is None:
+        try:
+            jax.distributed.initialize(**kwargs)
+        except Exception as e:  # any failure to join is reported the same way
+            problem = f"{type(e).__name__}: {e}"
+    if problem is not None:
+        sys.exit(
+            f"error: could not join the distributed run at {where} as process "
+            f"{_PROCESS_ID.value} of {_NUM_PROCESSES.value} within "
+            f"--distributed_timeout={_INIT_TIMEOUT.value} s ({problem}). "
+            "Is process 0 running, and is its address reachable from here?"
+        )
+    logging.info(
+        "process %d of %d, %d local devices of %d",
+        jax.process_index(),
+        jax.process_count(),
+        jax.local_device_count(),
+        jax.device_count(),
+    )
+
+
+def wait_for_coordinator(address: str, timeout_s: float) -> str | None:
+    """None once a TCP connection to host:port succeeds, else the last error at the deadline."""
+    host, _, port = address.rpartition(":")
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with socket.create_connection((host.strip("[]"), int(port)), timeout=5):
+                return None
+        except OSError as e:
+            if time.monotonic() >= deadline:
+                return f"{type(e).__name__}: {e}"
+        time.sleep(1.0)
+
+
+def check_workdir(workdir: str) -> None:
+    """The workdir is writable, and with several processes the same storage for all of them.
+
+    Raises storage.WorkdirError on every process together (an all-gather decides), so none
+    hangs in a later collective while the others stop.
+    """
+    if jax.process_count() == 1:
+        storage.check_workdir_writable(workdir)
+        return
+    token = multihost_utils.broadcast_one_to_all(np.random.default_rng().integers(1 << 62))
+    storage.check_workdir_shared(
+        workdir,
+        process_index=jax.process_index(),
+        token=f"{int(token):x}",
+        barrier=lambda: multihost_utils.sync_global_devices("workdir token written"),
+        gather=lambda ok: multihost_utils.process_allgather(np.array(ok)),
+    )
 
 
 def wait_on_cpu(tree) -> None:
@@ -122,6 +214,7 @@ def validate(trainer, config, mesh, state, step: int, writer: SummaryWriter) -> 
 
 def train(config, workdir: str) -> None:
     config_lib.validate(config, jax.device_count())
+    check_workdir(workdir)
     mesh = parallel.make_mesh(config.mesh)
     logging.info(
         "mesh %s over %d devices in %d processes",
@@ -185,6 +278,9 @@ def run_steps(trainer, config, mesh, state, start, data_iter, ckpt, writer, work
     train_t = config.train
     progress = Progress(train_t.steps, train_t.batch_size * config.data.crop_seconds, start)
     preemption = PreemptionWatcher()
+    watch = _WATCH_MAINTENANCE.value
+    if watch == "yes" or (watch == "auto" and jax.devices()[0].platform == "tpu"):
+        MaintenanceWatcher(_MAINTENANCE_URL.value).start()  # a daemon thread; ends with us
     num_skipped_data = 0
     if start == 0 and train_t.eval_at_start:
         validate(trainer, config, mesh, state, 0, writer)
@@ -223,7 +319,12 @@ def main(argv) -> None:
     maybe_initialize_distributed()
     try:
         train(_CONFIG.value, _WORKDIR.value)
-    except (config_lib.ConfigError, data.DataError, FileNotFoundError) as e:
+    except (
+        config_lib.ConfigError,
+        data.DataError,
+        storage.WorkdirError,
+        FileNotFoundError,
+    ) as e:
         logging.error("%s", e)
         sys.exit(f"error: {e}")
 

@@ -407,11 +407,6 @@ def test_spectrogram_figures_on_remote_workdir(fake_gcs):
 
 
 # ---- exports (needs the checkpoint.py diff of the gs:// report) --------------------------
-@pytest.mark.xfail(
-    strict=True,
-    reason="checkpoint.write_export/read_export still use local file calls: remove this "
-    "marker when they go through f3_jax.storage",
-)
 def test_tokenizer_from_remote_export(fake_gcs, tmp_path, monkeypatch):
     import jax
     from ae_fixtures import tiny_ae_config
