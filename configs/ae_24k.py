@@ -19,6 +19,7 @@ def get_config():
     c.data.path = "data/corpus_24k"
     c.data.crop_seconds = 1.0
     c.data.gain_db = (-6.0, 0.0)
+    c.data.eval_batch_size = 64  # like the train batch: splits over up to 64 devices
     c.train.steps = 400_000
     c.train.batch_size = 64
     c.train.adversarial_start = 5_000
