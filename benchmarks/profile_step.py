@@ -251,6 +251,7 @@ def main(argv) -> None:
     out = fv.out or f"/tmp/f3_profile_{os.path.basename(fv['config'].config_filename)[:-3]}"
     os.makedirs(out, exist_ok=True)
     set_dump_flags(os.path.join(out, "hlo"))
+    train_step.use_compilation_cache(fv.compilation_cache)
     s = run(
         fv.config,
         fv.steps,

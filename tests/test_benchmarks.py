@@ -1,0 +1,250 @@
+"""The performance benchmarks (benchmarks/train_step.py, profile_step.py, codec_rtf.py) run for
+every stage on tiny configs and report positive, finite figures.
+
+Compiling a train step is what these tests cost; the configs are cut to the fewest layers.
+"""
+
+import json
+import math
+import os
+import subprocess
+import sys
+import types
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from benchmarks import codec_rtf, profile_step, train_step
+from f3_jax.config import flow_defaults, representation_defaults
+from tests.ae_fixtures import tiny_ae_config
+from tests.llm_fixtures import random_params, tiny_config, write_hf_dir
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPORTED = (
+    "step_s",
+    "first_step_s",
+    "audio_s_per_s_per_device",
+    "flops_per_step",
+    "achieved_gflops_per_device",
+    "peak_memory_gib",
+    "params_m",
+)
+
+
+def tiny_ae(**overrides):
+    """The tests' tiny autoencoder cut further: two blocks of one residual unit, one scale per
+    loss, one discriminator of each kind."""
+    base = {
+        "model.channel_mults": (1, 2, 2),
+        "model.strides": (2, 2),
+        "model.hop": 4,
+        "model.dilations": (1,),
+        "data.crop_seconds": 0.05,
+        "loss.mel_window_sizes": (64,),
+        "loss.mel_bins": (8,),
+        "loss.stft_fft_sizes": (64,),
+        "discriminator.mpd_periods": (2,),
+        "discriminator.stft_fft_sizes": (64,),
+        "discriminator.stft_bands": ((0.0, 1.0),),
+        "train.batch_size": 2,
+        "data.eval_batch_size": 2,
+    }
+    return tiny_ae_config(**(base | overrides))
+
+
+def tiny_repr(llm_dir: str):
+    c = representation_defaults()
+    c.sample_rate = 8000
+    c.autoencoder.workdir = "/replaced/by/a/random/export"
+    c.llm.path = llm_dir
+    c.llm.instruction = " the"
+    c.llm.max_text_tokens = 8
+    c.encoder.width = 16
+    c.encoder.depth = 1
+    c.encoder.num_heads = 2
+    c.encoder.num_kv_heads = 2
+    c.encoder.head_dim = 8
+    c.encoder.mlp_dim = 32
+    c.quantizer.codebook_size = 16
+    c.quantizer.num_codebooks = 1
+    c.quantizer.code_dim = 4
+    c.rq_mtp.horizons = 1
+    c.adapter.width = 16
+    c.adapter.hidden = 16
+    c.data.crop_seconds = 0.05  # 100 latent frames, 25 LLM positions
+    c.data.eval_batch_size = 2
+    c.train.batch_size = 2
+    c.mesh.data = 1
+    return c
+
+
+def tiny_flow(llm_dir: str):
+    c = flow_defaults()
+    c.sample_rate = 8000
+    c.autoencoder.workdir = c.representation.workdir = "/replaced/by/a/random/export"
+    c.llm.path = llm_dir
+    c.llm.instruction = " the"
+    c.llm.max_text_tokens = 8
+    c.flow_head.width = 16
+    c.flow_head.depth = 1
+    c.flow_head.time_embed_dim = 8
+    c.flow_head.stop_hidden = 0
+    c.data.crop_seconds = 0.05
+    c.data.eval_batch_size = 2
+    c.train.batch_size = 2
+    c.mesh.data = 1
+    return c
+
+
+@pytest.fixture(scope="module")
+def llm_dir(tmp_path_factory):
+    config = tiny_config(num_layers=1)
+    return write_hf_dir(str(tmp_path_factory.mktemp("llm")), config, random_params(config))
+
+
+def _check(figures, stage):
+    assert figures["stage"] == stage
+    for key in REPORTED:
+        assert math.isfinite(figures[key]) and figures[key] > 0, (key, figures[key])
+    assert figures["mfu"] is None  # CPU: no peak in the table
+    text = train_step.report(figures)
+    for label in ("step time", "compile", "audio-s/s/device", "FLOPs/step", "MFU", "peak memory"):
+        assert label in text
+
+
+# ---- train_step.py --------------------------------------------------------------------
+def test_device_peaks_match_by_longest_prefix():
+    kind = lambda k: types.SimpleNamespace(device_kind=k)
+    assert train_step.device_peak(kind("NVIDIA H100 80GB HBM3")) == 989e12
+    assert train_step.device_peak(kind("TPU v5 lite")) == 197e12
+    assert train_step.device_peak(kind("TPU v5p")) == 459e12
+    assert train_step.device_peak(kind("TPU v4")) == 275e12
+    assert train_step.device_peak(kind("cpu")) is None
+
+
+def test_sibling_configs_exist():
+    configs = os.path.join(ROOT, "configs")
+    for size in ("demo", "24k"):
+        for stage, frozen in (("repr", "ae"), ("flow", "ae"), ("flow", "repr")):
+            path = train_step.sibling_config(os.path.join(configs, f"{stage}_{size}.py"), frozen)
+            assert path == os.path.join(configs, f"{frozen}_{size}.py")
+    with pytest.raises(FileNotFoundError, match="--ae_config"):
+        train_step.sibling_config(os.path.join(configs, "nothing_here.py"), "ae")
+
+
+def test_synthetic_batch_is_the_pipeline_format():
+    c = tiny_ae()
+    local = train_step.synthetic_local_batch(c)
+    assert set(local) == {"audio", "mask", "text", "id", "num_skipped"}
+    assert local["audio"].shape == (2, round(c.data.crop_seconds * c.sample_rate))
+    assert all(str(t).strip() for t in local["text"])
+
+
+def test_train_step_stage1_generator_only(tmp_path):
+    figures = train_step.run(tiny_ae(), steps=1, num_devices=1, adversarial=False)
+    _check(figures, "autoencoder")
+    assert not figures["adversarial"]
+    path = os.path.join(tmp_path, "out", "ae.json")
+    train_step.write_json(path, figures)
+    with open(path) as f:
+        assert json.load(f)["step_s"] == figures["step_s"]
+
+
+@pytest.mark.slow
+def test_train_step_stage1_adversarial():
+    """With the discriminators (about 160 s at load 5: two more networks to compile)."""
+    figures = train_step.run(tiny_ae(), steps=1, num_devices=1)
+    _check(figures, "autoencoder")
+    assert figures["adversarial"]
+
+
+def test_train_step_stage2_random_frozen(llm_dir):
+    figures = train_step.run(tiny_repr(llm_dir), steps=1, ae_config=tiny_ae(), num_devices=1)
+    _check(figures, "representation")
+
+
+def test_train_step_stage3_random_frozen(llm_dir):
+    figures = train_step.run(
+        tiny_flow(llm_dir),
+        steps=1,
+        ae_config=tiny_ae(),
+        repr_config=tiny_repr(llm_dir),
+        num_devices=1,
+    )
+    _check(figures, "flow")
+
+
+# ---- profile_step.py ------------------------------------------------------------------
+def test_profile_summary_of_a_traced_gradient(tmp_path):
+    """Trace events of a jitted gradient joined with its optimized HLO: forward and backward
+    ops found, self times positive, shares summing to one."""
+
+    @jax.jit
+    def grad(w, x):
+        return jax.grad(lambda w: jnp.sum(jnp.sin(jnp.tanh(x @ w) @ w.T)))(w)
+
+    w, x = jnp.ones((128, 128)), jnp.ones((64, 128))
+    hlo = grad.lower(w, x).compile().as_text()
+    jax.block_until_ready(grad(w, x))
+    trace = str(tmp_path / "trace")
+    with jax.profiler.trace(trace, create_perfetto_trace=True):
+        for _ in range(2):
+            jax.block_until_ready(grad(w, x))
+    events = profile_step.op_events(profile_step.trace_file(trace))
+    assert events and all(e["self"] >= 0 for e in events)
+    modules = {"jit_grad": profile_step.parse_hlo(hlo)}
+    s = profile_step.summarize(events, modules, steps=2, wall_s=0.1, top=5)
+    phases = {r["name"] for r in s["phase"]}
+    assert {"forward", "backward"} <= phases
+    assert s["op_ms_per_step"] > 0
+    assert math.isclose(sum(r["share"] for r in s["module"]), 1.0, rel_tol=1e-6)
+    assert len(s["op"]) <= 5
+    assert "by phase" in profile_step.report(s)
+
+
+def test_scope_of_strips_transforms_and_primitive():
+    name = "jit(_step)/transpose(jvp(Autoencoder))/Autoencoder.decode/decoder/Block_1/conv"
+    assert profile_step.scope_of(name) == "Autoencoder/Autoencoder.decode"
+    assert profile_step.phase_of(name) == "backward"
+    assert profile_step.scope_of("jit(f)/jvp()/tanh") == "(no scope)"
+    assert profile_step.phase_of("jit(f)/jvp()/tanh") == "forward"
+    assert profile_step.phase_of("jit(f)/add") == "other"
+
+
+@pytest.mark.slow
+def test_profile_step_cli_stage1(tmp_path):
+    """The script end to end (XLA dump flags set before jax starts, trace, summary, JSON)."""
+    config = tmp_path / "ae_tiny.py"
+    config.write_text(
+        "from tests.test_benchmarks import tiny_ae\n\n\ndef get_config():\n    return tiny_ae()\n"
+    )
+    out = tmp_path / "prof"
+    env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu", XLA_FLAGS="")
+    cmd = [sys.executable, os.path.join(ROOT, "benchmarks", "profile_step.py")]
+    cmd += [f"--config={config}", f"--out={out}", "--steps=1", f"--json={tmp_path / 's.json'}"]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "top ops by self time" in proc.stdout
+    s = json.loads((tmp_path / "s.json").read_text())
+    assert s["op_ms_per_step"] > 0 and {r["name"] for r in s["phase"]} >= {"forward", "backward"}
+
+
+# ---- codec_rtf.py ---------------------------------------------------------------------
+def test_codec_rtf_tiny():
+    tok = codec_rtf.random_tokenizer(tiny_ae(), batch_windows=4, chunk_frames=100)
+    f = codec_rtf.run(tok, [1, 2], seconds=0.2, runs=1, modes=("tokenizer", "direct"))
+    assert [(r["mode"], r["batch"]) for r in f["rows"]] == [
+        ("tokenizer", 1),
+        ("tokenizer", 2),
+        ("direct", 1),
+        ("direct", 2),
+    ]
+    for row in f["rows"]:
+        assert row["latent_frames"] == round(0.2 * 8000 / 4)
+        for part in ("encode", "decode", "encode_decode"):
+            p = row[part]
+            assert np.isfinite(p["audio_s_per_s"]) and p["audio_s_per_s"] > 0
+            assert math.isclose(p["rtf"] * p["audio_s_per_s"], 1.0, rel_tol=1e-9)
+    assert "encode_decode" in codec_rtf.report("cpu", codec_rtf.describe(f), f["rows"])
