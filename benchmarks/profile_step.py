@@ -211,9 +211,9 @@ def report(s: dict) -> str:
 
 
 # ---- running --------------------------------------------------------------------------
-def profile(config, mesh, steps: int, out: str, adversarial: bool = True) -> tuple:
+def profile(config, mesh, steps: int, out: str, adversarial=True, latents=False) -> tuple:
     """Compiles, then traces `steps` steps to out/trace; returns (wall seconds, trace dir)."""
-    trainer, state, batch, _ = train_step.setup(config, mesh)
+    trainer, state, batch, _ = train_step.setup(config, mesh, latents)
     step0 = train_step.first_step(config, adversarial)
     state, _, _ = train_step.time_steps(trainer, state, batch, step0, 0)  # compiles
     trace_dir = os.path.join(out, "trace")
@@ -224,10 +224,10 @@ def profile(config, mesh, steps: int, out: str, adversarial: bool = True) -> tup
     return wall, trace_dir
 
 
-def run(config, steps: int, out: str, top: int = 25, adversarial: bool = True, **frozen) -> dict:
+def run(config, steps: int, out: str, top=25, adversarial=True, latents=False, **frozen) -> dict:
     """Profile and summary. XLA_FLAGS must hold dump_flags(out/hlo) before jax starts."""
     with train_step.prepared(config, **frozen) as (config, mesh):
-        wall, trace_dir = profile(config, mesh, steps, out, adversarial)
+        wall, trace_dir = profile(config, mesh, steps, out, adversarial, latents)
     events = op_events(trace_file(trace_dir))
     summary = summarize(events, read_dumps(os.path.join(out, "hlo")), steps, wall, top)
     return summary | {"stage": config.stage, "trace_dir": trace_dir}
@@ -258,6 +258,7 @@ def main(argv) -> None:
         out,
         fv.top,
         adversarial=fv.adversarial,
+        latents=fv.latents,
         **train_step.frozen_kwargs(fv),
     )
     print(report(s))

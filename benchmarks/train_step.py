@@ -2,24 +2,30 @@
 FLOPs per step (XLA cost analysis), achieved FLOP/s, MFU and peak memory.
 
     python benchmarks/train_step.py --config configs/ae_demo.py [--config.train.batch_size=4]
-    python benchmarks/train_step.py --config configs/repr_demo.py --steps 3
-    python benchmarks/train_step.py --config configs/flow_24k.py --config.train.batch_size=1 \
-        --config.data.crop_seconds=5 --json /tmp/flow_24k.json
+    python benchmarks/train_step.py --config configs/repr_demo.py --steps 3 [--latents]
+    python benchmarks/train_step.py --config configs/flow_24k.py --config.train.batch_size=8 \
+        --json /tmp/flow_24k.json
 
 The step is fed one synthetic batch in the data pipeline's format (audio, mask, text, id,
-num_skipped) passed through `trainer.host_batch` and `parallel.global_batch`, as train.py does,
-so no data and no training run are needed. Stages 2 and 3 run frozen earlier stages inside their
-step: with --random_frozen (default) the benchmark writes random-weight exports of them in a
+num_skipped; with --latents, stages 2 and 3, the latent cache's latents, frame_mask, ...)
+passed through `trainer.host_batch` and `parallel.global_batch`, as train.py does, so no data
+and no training run are needed. Stages 2 and 3 run frozen earlier stages inside their step:
+with --random_frozen (default) the benchmark writes random-weight exports of them in a
 temporary directory, from --ae_config / --repr_config (default: the sibling config of --config,
-configs/repr_demo.py -> configs/ae_demo.py), so it measures the step alone; with
---norandom_frozen it reads config.autoencoder.workdir / config.representation.workdir. The
-frozen LLM is config.llm.path as configured (SmolLM2-135M by default; its weights do not change
-the cost).
+configs/repr_demo.py -> configs/ae_demo.py; override fields with --ae_config.compute_dtype=...),
+so it measures the step alone; with --norandom_frozen it reads config.autoencoder.workdir /
+config.representation.workdir. The frozen LLM is config.llm.path as configured (SmolLM2-135M by
+default; its weights do not change the cost). Stage 1 is timed with its GAN terms on
+(--noadversarial: the generator step alone).
 
-FLOPs are XLA's cost analysis of the compiled step (the generator and discriminator steps for
-stage 1, the step with the LLM term for stage 2), per device: the compiled module is the
-per-device SPMD program. MFU compares them with DEVICE_PEAKS (dense bf16); devices without an
-entry (CPUs) print n/a, and the achieved GFLOP/s is printed for comparing CPU runs.
+Step time is the median of --steps steps after a first one that compiles (compile time = first
+step - median step). FLOPs are XLA's cost analysis of the compiled step (for stage 2, the
+variant with the LLM term), per device: the compiled module is the per-device SPMD program.
+MFU compares them with DEVICE_PEAKS (dense bf16); devices without an entry (CPUs) print n/a,
+and the achieved GFLOP/s is printed for comparing CPU runs. Peak memory is the device's
+peak_bytes_in_use where it reports one (GPU, TPU), else the process's max RSS (CPU: includes
+the frozen LLM and compiler memory). A fresh persistent compilation cache
+(--compilation_cache) lets the FLOP count reuse the step's executable.
 """
 
 from __future__ import annotations
@@ -167,9 +173,20 @@ def synthetic_local_batch(config, seed: int = 0) -> dict:
     }
 
 
-def device_batch(trainer, config, mesh) -> dict:
+def latent_local_batch(trainer, config) -> dict:
+    """Stages 2 and 3 on the latent cache (data.latent_cache): the batch of cached latents
+    (latents, frame_mask, text, id, num_skipped), here the frozen autoencoder's latents of the
+    synthetic audio; the step then skips the autoencoder."""
+    local = synthetic_local_batch(config)
+    z, fmask = jax.jit(trainer.ae.latents)(trainer.ae.variables, local["audio"], local["mask"])
+    rest = {k: local[k] for k in ("text", "id", "num_skipped")}
+    return {"latents": np.asarray(z), "frame_mask": np.asarray(fmask)} | rest
+
+
+def device_batch(trainer, config, mesh, latents: bool = False) -> dict:
     """The step's inputs, through host_batch and global_batch as in the train loop."""
-    return parallel.global_batch(trainer.host_batch(synthetic_local_batch(config)), mesh)
+    local = latent_local_batch(trainer, config) if latents else synthetic_local_batch(config)
+    return parallel.global_batch(trainer.host_batch(local), mesh)
 
 
 # ---- measuring ------------------------------------------------------------------------
@@ -210,20 +227,21 @@ def mesh_for(config, num_devices: int | None = None):
     return parallel.make_mesh(config.mesh, devices)
 
 
-def setup(config, mesh) -> tuple:
-    """(trainer, initial state, device batch, seconds) for `config` (frozen stages in place)."""
+def setup(config, mesh, latents: bool = False) -> tuple:
+    """(trainer, initial state, device batch, seconds) for `config` (frozen stages in place);
+    `latents`: a batch of cached latents (stages 2 and 3)."""
     config_lib.validate(config, mesh.devices.size)
     t = time.perf_counter()
     trainer = trainers.create(config, mesh)
     state = trainer.initial_state()
     jax.block_until_ready(state)
     setup_s = time.perf_counter() - t
-    return trainer, state, device_batch(trainer, config, mesh), setup_s
+    return trainer, state, device_batch(trainer, config, mesh, latents), setup_s
 
 
-def measure(config, mesh, steps: int, adversarial: bool = True) -> dict:
+def measure(config, mesh, steps: int, adversarial: bool = True, latents: bool = False) -> dict:
     """Builds the trainer for `config` (frozen stages already in place) and times its step."""
-    trainer, state, batch, setup_s = setup(config, mesh)
+    trainer, state, batch, setup_s = setup(config, mesh, latents)
     step0 = first_step(config, adversarial)
     state, first_s, times = time_steps(trainer, state, batch, step0, steps)
     step_s = float(np.median(times)) if times else first_s
@@ -307,11 +325,15 @@ def prepared(config, *, random_frozen=True, ae_config=None, repr_config=None, nu
         yield with_random_frozen(config, root, mesh, ae_config, repr_config), mesh
 
 
-def run(config, steps: int, *, adversarial: bool = True, **frozen) -> dict:
+def run(config, steps: int, *, adversarial: bool = True, latents: bool = False, **frozen) -> dict:
     """The figures of `config`'s step. `frozen`: the keyword arguments of `prepared`."""
+    if latents and config.stage == "autoencoder":
+        raise ValueError("--latents is for stages 2 and 3 (the latent cache)")
     with prepared(config, **frozen) as (config, mesh):
-        f = measure(config, mesh, steps, adversarial)
-    return f | ({"adversarial": adversarial} if config.stage == "autoencoder" else {})
+        f = measure(config, mesh, steps, adversarial, latents)
+    if config.stage == "autoencoder":
+        return f | {"adversarial": adversarial}
+    return f | {"latents": latents}
 
 
 def write_json(path: str, figures_: dict) -> None:
@@ -331,6 +353,7 @@ def define_flags():
     flags.DEFINE_integer("steps", 5, "Timed steps after the first (compiling) one.")
     flags.DEFINE_bool("random_frozen", True, "Random-weight exports of the frozen stages.")
     flags.DEFINE_bool("adversarial", True, "Stage 1: time the step with the GAN terms on.")
+    flags.DEFINE_bool("latents", False, "Stages 2 and 3: batches of cached latents (no AE).")
     flags.DEFINE_integer("devices", None, "Use the first N devices (default: all).")
     flags.DEFINE_string("json", None, "Also write the figures as JSON to this path.")
     flags.DEFINE_string(
@@ -378,7 +401,8 @@ def main(argv) -> None:
 
     fv = flags.FLAGS
     use_compilation_cache(fv.compilation_cache)
-    f = run(fv.config, fv.steps, adversarial=fv.adversarial, **frozen_kwargs(fv))
+    kwargs = {"adversarial": fv.adversarial, "latents": fv.latents}
+    f = run(fv.config, fv.steps, **kwargs, **frozen_kwargs(fv))
     print(report(f))
     if fv.json:
         write_json(fv.json, f)

@@ -165,15 +165,18 @@ def test_train_step_stage2_random_frozen(llm_dir):
     _check(figures, "representation")
 
 
-def test_train_step_stage3_random_frozen(llm_dir):
+def test_train_step_stage3_random_frozen_latents(llm_dir):
+    """Stage 3 on batches of cached latents (the latent-cache variant of the step)."""
     figures = train_step.run(
         tiny_flow(llm_dir),
         steps=1,
+        latents=True,
         ae_config=tiny_ae(),
         repr_config=tiny_repr(llm_dir),
         num_devices=1,
     )
     _check(figures, "flow")
+    assert figures["latents"]
 
 
 # ---- profile_step.py ------------------------------------------------------------------
