@@ -12,10 +12,12 @@ from f3_jax.losses.adversarial import (
     lsgan_generator_loss,
 )
 from f3_jax.losses.spectral import (
+    affine_stft,
     mel_distance,
     multi_resolution_stft_loss,
     multi_scale_mel_loss,
     stft,
+    stfts,
 )
 from f3_jax.metrics.audio import si_sdr
 
@@ -48,6 +50,37 @@ def test_stft_shape_and_parseval_like_energy():
     assert spec.shape == (2, 1 + 1000 // 32, 65) and jnp.iscomplexobj(spec)
     odd = stft(x, 100, 30)  # window not a multiple of hop: gather path
     assert odd.shape == (2, 1 + 1000 // 30, 51)
+
+
+def test_shared_spectra_give_the_same_losses_and_gradients(signals):
+    x, good, _ = signals
+    sizes = WINDOWS + FFTS + (512,)  # more sizes than the losses read: extras are ignored
+    spec_x = stfts(x, sizes)
+    assert sorted(spec_x) == sorted(set(sizes))
+
+    def shared(y):
+        spectra = (spec_x, stfts(y, sizes))
+        return mel(x, y, spectra=spectra) + multi_resolution_stft_loss(
+            x, y, fft_sizes=FFTS, spectra=spectra
+        )
+
+    def alone(y):
+        return mel(x, y) + mrstft(x, y)
+
+    np.testing.assert_allclose(jax.jit(shared)(good), jax.jit(alone)(good), rtol=1e-6)
+    g_shared, g_alone = jax.jit(jax.grad(shared))(good), jax.jit(jax.grad(alone))(good)
+    np.testing.assert_allclose(g_shared, g_alone, rtol=1e-4, atol=1e-6 * np.abs(g_alone).max())
+    partial = (stfts(x, (64,)), stfts(good, (64,)))  # scales not given are computed
+    np.testing.assert_allclose(mel(x, good, spectra=partial), mel(x, good), rtol=1e-6)
+
+
+def test_affine_stft_is_the_stft_of_the_affine_signal(signals):
+    x = signals[0]
+    scale, offset = jnp.array([2.0, -0.5]), jnp.array([0.3, 1.0])
+    want = stft(scale[:, None] * x + offset[:, None], 256, 64)
+    got = affine_stft(stft(x, 256, 64), x.shape[-1], 256, scale, offset)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=2e-4)
+    assert affine_stft(stft(x[:, :100], 256, 64), 100, 256, scale, offset) is None
 
 
 @pytest.mark.parametrize("loss", [mel, mrstft])

@@ -11,6 +11,7 @@ import pytest
 
 from f3_jax import parallel
 from f3_jax.config import autoencoder_defaults
+from f3_jax.losses.spectral import stfts
 from f3_jax.models.autoencoder import Autoencoder, Decoder, Encoder, receptive_field
 from f3_jax.models.bottleneck import NormalizedNoisyBottleneck
 from f3_jax.models.discriminators import Discriminators
@@ -247,6 +248,28 @@ def test_discriminators_outputs():
     disc = Discriminators.from_config(c)
     outputs, _ = jax.eval_shape(disc.init_with_output, jax.random.key(1), wav)
     assert len(outputs) == 2
+
+
+def test_discriminators_on_shared_spectra_equal_their_own():
+    """The STFT discriminators fed the raw wav's spectra (level normalization applied to them
+    by linearity) give the outputs and gradients they give computing their own."""
+    c = autoencoder_defaults()
+    c.discriminator.use_mpd = False
+    c.discriminator.stft_channels = 2
+    c.discriminator.stft_fft_sizes = (256, 128)
+    disc = Discriminators.from_config(c)
+    wav = 0.3 * jax.random.normal(jax.random.key(0), (2, 1200)) + 0.1
+    params = jax.jit(disc.init)(jax.random.key(1), wav)
+
+    def loss(w, shared):
+        spectra = stfts(w, (128, 256, 512)) if shared else None
+        outs = disc.apply(params, w, spectra)
+        return sum(jnp.sum(jnp.square(lg)) + sum(jnp.sum(f) for f in fs) for lg, fs in outs)
+
+    want, want_g = jax.jit(jax.value_and_grad(loss), static_argnums=1)(wav, False)
+    got, got_g = jax.jit(jax.value_and_grad(loss), static_argnums=1)(wav, True)
+    np.testing.assert_allclose(got, want, rtol=1e-4)
+    np.testing.assert_allclose(got_g, want_g, rtol=1e-3, atol=1e-3 * np.abs(want_g).max())
 
 
 @pytest.mark.parametrize("stride", [2, 3, 5])

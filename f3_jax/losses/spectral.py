@@ -66,6 +66,37 @@ def stft(x: jax.Array, fft_size: int, hop: int, window: str = "hann") -> jax.Arr
     return jnp.fft.rfft(frames, axis=-1)
 
 
+Spectra = dict[int, jax.Array]  # fft size -> stft(x, size, size // 4) of one signal
+
+
+def stfts(x: jax.Array, fft_sizes: Sequence[int], window: str = "hann") -> Spectra:
+    """{n: stft(x, n, n // 4)} for each distinct size: every scale of the mel and STFT losses
+    and of the STFT discriminators uses this hop, so one signal's spectra are computed once
+    per step and shared by all of them (and their gradients meet in one backward FFT)."""
+    return {int(n): stft(x, int(n), int(n) // 4, window) for n in sorted(set(fft_sizes))}
+
+
+def _spectrum(x: jax.Array, n: int, spectra: Spectra | None) -> jax.Array:
+    if spectra is not None and n in spectra:
+        return spectra[n]
+    return stft(x, n, n // 4)
+
+
+def affine_stft(spec: jax.Array, length: int, fft_size: int, scale, offset) -> jax.Array:
+    """stft(scale * x + offset) from spec = stft(x, fft_size, fft_size // 4), without an FFT.
+
+    scale and offset are per example (B,). Exact because the STFT is linear and the reflect
+    padding of a constant is that constant: stft(1) is rfft(window) in every frame. None when
+    the signal (length samples) is too short to be reflect-padded (then compute it directly).
+    """
+    if length <= fft_size // 2:
+        return None
+    ones = np.fft.rfft(_window("hann", fft_size)).astype(np.complex64)
+    scale = jnp.asarray(scale, jnp.float32)[:, None, None]
+    offset = jnp.asarray(offset, jnp.float32)[:, None, None]
+    return scale * spec + offset * ones
+
+
 def magnitude(spec: jax.Array) -> jax.Array:
     return jnp.sqrt(jnp.square(spec.real) + jnp.square(spec.imag) + _SQRT_EPS)
 
@@ -85,22 +116,26 @@ def mel_distance(
     mel_bins: Sequence[int] = MEL_BINS,
     mask: jax.Array | None = None,
     eps: float = 1e-5,
+    spectra: tuple[Spectra, Spectra] | None = None,
 ) -> jax.Array:
     """Per-example multi-scale mel distance (B,): sum over scales of mean |log10 power diff|.
 
     x = reference, y = estimate, both (B, L). With a mask (B, L) (1 = real audio, 0 = padding)
     the padding is zeroed and frames centered on padding are left out of the mean.
+    spectra: (stfts(x, ...), stfts(y, ...)) already computed (of the masked signals); scales
+    missing from them are computed here.
     """
     x, y = x.astype(jnp.float32), y.astype(jnp.float32)
     if mask is not None:
         mask = mask.astype(jnp.float32)
         x, y = x * mask, y * mask
+    spec_x, spec_y = spectra or (None, None)
     total = jnp.zeros((x.shape[0],), jnp.float32)
     for win, n_mels in zip(window_sizes, mel_bins):
         hop = win // 4
         fb = mel_filterbank(int(sample_rate), win, n_mels).T
-        log_x = 2.0 * jnp.log10(magnitude(stft(x, win, hop)) @ fb + eps)
-        log_y = 2.0 * jnp.log10(magnitude(stft(y, win, hop)) @ fb + eps)
+        log_x = 2.0 * jnp.log10(magnitude(_spectrum(x, win, spec_x)) @ fb + eps)
+        log_y = 2.0 * jnp.log10(magnitude(_spectrum(y, win, spec_y)) @ fb + eps)
         diff = jnp.mean(jnp.abs(log_x - log_y), axis=-1)  # (B, frames)
         if mask is None:
             total = total + jnp.mean(diff, axis=-1)
@@ -118,27 +153,41 @@ def multi_scale_mel_loss(
     window_sizes: Sequence[int] = MEL_WINDOW_SIZES,
     mel_bins: Sequence[int] = MEL_BINS,
     eps: float = 1e-5,
+    spectra: tuple[Spectra, Spectra] | None = None,
 ) -> jax.Array:
     """Scalar mel loss: mean over the batch of `mel_distance` (x = reference, y = estimate)."""
     return jnp.mean(
         mel_distance(
-            x, y, sample_rate=sample_rate, window_sizes=window_sizes, mel_bins=mel_bins, eps=eps
+            x,
+            y,
+            sample_rate=sample_rate,
+            window_sizes=window_sizes,
+            mel_bins=mel_bins,
+            eps=eps,
+            spectra=spectra,
         )
     )
 
 
 def multi_resolution_stft_loss(
-    x: jax.Array, y: jax.Array, *, fft_sizes: Sequence[int], eps: float = 1e-5
+    x: jax.Array,
+    y: jax.Array,
+    *,
+    fft_sizes: Sequence[int],
+    eps: float = 1e-5,
+    spectra: tuple[Spectra, Spectra] | None = None,
 ) -> jax.Array:
     """Sum over FFT sizes of log-magnitude L1 + spectral convergence (x = reference).
 
     Spectral convergence ||Y - X||_F / ||X||_F is computed per example then averaged; eps in
-    the denominator's sqrt bounds it on silent references.
+    the denominator's sqrt bounds it on silent references. spectra: as in `mel_distance`.
     """
     x, y = x.astype(jnp.float32), y.astype(jnp.float32)
+    spec_x, spec_y = spectra or (None, None)
     total = jnp.zeros((), jnp.float32)
     for n in fft_sizes:
-        mag_x, mag_y = magnitude(stft(x, n, n // 4)), magnitude(stft(y, n, n // 4))
+        mag_x = magnitude(_spectrum(x, n, spec_x))
+        mag_y = magnitude(_spectrum(y, n, spec_y))
         log_l1 = jnp.mean(jnp.abs(jnp.log(mag_x + eps) - jnp.log(mag_y + eps)))
         num = jnp.sqrt(jnp.sum(jnp.square(mag_y - mag_x), axis=(1, 2)) + _SQRT_EPS)
         den = jnp.sqrt(jnp.sum(jnp.square(mag_x), axis=(1, 2)) + eps)

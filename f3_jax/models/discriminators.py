@@ -13,7 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from f3_jax.losses.spectral import stft
+from f3_jax.losses.spectral import affine_stft, stft
 from f3_jax.models.layers import WNConv2d
 
 Dtype = jnp.dtype | str
@@ -80,8 +80,10 @@ class STFTDiscriminator(nn.Module):
     dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, wav: jax.Array) -> SubOutput:
-        spec = stft(wav, self.fft_size, self.fft_size // 4)  # (B, frames, bins)
+    def __call__(self, wav: jax.Array, spec: jax.Array | None = None) -> SubOutput:
+        """spec: stft(wav, fft_size, fft_size // 4) when already computed."""
+        if spec is None:
+            spec = stft(wav, self.fft_size, self.fft_size // 4)  # (B, frames, bins)
         x = jnp.stack([spec.real, spec.imag], axis=-1)  # NHWC with H = time, W = frequency
         feats, outs = [], []
         for band_index, (lo, hi) in enumerate(_band_edges(x.shape[2], self.bands)):
@@ -117,10 +119,14 @@ class MultiBandSTFTDiscriminator(nn.Module):
     dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, wav: jax.Array) -> list[SubOutput]:
+    def __call__(self, wav: jax.Array, spectra: dict | None = None) -> list[SubOutput]:
+        """spectra: {fft size: STFT of wav} for the sizes already computed."""
         bands = tuple(tuple(b) for b in self.bands)
+        spectra = spectra or {}
         return [
-            STFTDiscriminator(n, bands, self.channels, dtype=self.dtype, name=f"stft_{n}")(wav)
+            STFTDiscriminator(n, bands, self.channels, dtype=self.dtype, name=f"stft_{n}")(
+                wav, spectra.get(n)
+            )
             for n in self.fft_sizes
         ]
 
@@ -152,13 +158,29 @@ class Discriminators(nn.Module):
             dtype=jnp.dtype(config.compute_dtype),
         )
 
+    def stft_sizes(self) -> tuple[int, ...]:
+        """FFT sizes whose spectra (hop size // 4) the STFT discriminators read."""
+        return tuple(self.fft_sizes) if self.use_mbstft else ()
+
     @nn.compact
-    def __call__(self, wav: jax.Array) -> list[SubOutput]:
-        """(B, L) -> [(logits, feature_maps)] for each enabled sub-discriminator."""
+    def __call__(self, wav: jax.Array, spectra: dict | None = None) -> list[SubOutput]:
+        """(B, L) -> [(logits, feature_maps)] for each enabled sub-discriminator.
+
+        spectra: {n: stft(wav, n, n // 4)} of the raw (not level-normalized) wav, shared with
+        the spectral losses (`spectral.stfts`); the STFT discriminators then take the spectra of
+        the normalized wav from them by linearity instead of computing new FFTs.
+        """
         # DAC normalizes the level per example: the discriminators judge content, not gain.
         wav = wav.astype(jnp.float32)
-        wav = wav - jnp.mean(wav, axis=-1, keepdims=True)
-        wav = 0.8 * wav / (jnp.max(jnp.abs(wav), axis=-1, keepdims=True) + 1e-9)
+        mean = jnp.mean(wav, axis=-1)
+        gain = 0.8 / (jnp.max(jnp.abs(wav - mean[:, None]), axis=-1) + 1e-9)
+        wav = gain[:, None] * (wav - mean[:, None])
+        normalized = {}
+        for n in self.stft_sizes():
+            if spectra is not None and n in spectra:
+                spec = affine_stft(spectra[n], wav.shape[-1], n, gain, -gain * mean)
+                if spec is not None:
+                    normalized[n] = spec
         outputs: list[SubOutput] = []
         if self.use_mpd:
             outputs += MultiPeriodDiscriminator(
@@ -167,5 +189,5 @@ class Discriminators(nn.Module):
         if self.use_mbstft:
             outputs += MultiBandSTFTDiscriminator(
                 self.fft_sizes, self.bands, self.stft_channels, dtype=self.dtype, name="mbstft"
-            )(wav)
+            )(wav, normalized)
         return outputs

@@ -3,10 +3,12 @@
 The state is a plain dict (readable checkpoints, strict restores):
   step, rng, skipped_gen, skipped_disc,
   gen: {params, opt, [ema], [batch_stats]},  disc: {params, opt}.
-A train step is two jitted calls: the generator step (reconstruction, spectral and adversarial
-losses) returns its reconstruction, which the discriminator step reuses instead of running the
-generator again. Whether the adversarial terms are on is decided on the host from the global
-step, so each of the two generator variants compiles once and neither wastes work.
+A train step is one jitted program: the generator update (reconstruction, spectral and
+adversarial losses), then the discriminator update on the same reconstruction (the generator
+runs once). Each STFT of the real and of the reconstructed audio is computed once per step
+(`spectral.stfts`) and shared by the mel loss, the STFT loss and the STFT discriminators of both
+updates. Whether the adversarial terms are on is decided on the host from the global step, so
+each of the two variants compiles once and neither wastes work.
 """
 
 from __future__ import annotations
@@ -74,7 +76,20 @@ class AutoencoderTrainer:
         return common.abstract_like(self.shardings, self._abstract)
 
     # ---- losses ------------------------------------------------------------------------
-    def _gen_terms(self, params, extra, disc_params, batch, key, adversarial_on: bool):
+    def _stft_sizes(self, adversarial_on: bool) -> tuple[int, ...]:
+        """FFT sizes of every spectrum a step reads (losses, and discriminators when on)."""
+        lc = self.config.loss
+        sizes = set(lc.mel_window_sizes) | set(lc.stft_fft_sizes)
+        if adversarial_on:
+            sizes |= set(self.disc.stft_sizes())
+        return tuple(sorted(sizes))
+
+    def _ref_spectra(self, batch, adversarial_on: bool):
+        ref = batch["audio"] * batch["mask"]
+        return spectral.stfts(ref, self._stft_sizes(adversarial_on))
+
+    def _gen_terms(self, params, extra, disc_params, batch, key, adversarial_on: bool, ref_spec):
+        """Loss terms; ref_spec = `_ref_spectra(batch, adversarial_on)` (no gradient)."""
         audio, mask = batch["audio"], batch["mask"]
         variables = {"params": params, **extra}
         if self.uses_batch_stats:
@@ -84,6 +99,8 @@ class AutoencoderTrainer:
         else:
             out, new_extra = self.model.apply(variables, audio, train=True, rngs={"noise": key}), {}
         ref, est = audio * mask, out["wav"] * mask
+        est_spec = spectral.stfts(est, self._stft_sizes(adversarial_on))
+        spectra = (ref_spec, est_spec)
         lc = self.config.loss
         terms = {
             "mel": spectral.multi_scale_mel_loss(
@@ -93,17 +110,18 @@ class AutoencoderTrainer:
                 window_sizes=lc.mel_window_sizes,
                 mel_bins=lc.mel_bins,
                 eps=lc.log_eps,
+                spectra=spectra,
             ),
             "stft": spectral.multi_resolution_stft_loss(
-                ref, est, fft_sizes=lc.stft_fft_sizes, eps=lc.log_eps
+                ref, est, fft_sizes=lc.stft_fft_sizes, eps=lc.log_eps, spectra=spectra
             ),
         }
         if adversarial_on:
-            fake = self.disc.apply({"params": disc_params}, est)
-            real = self.disc.apply({"params": disc_params}, ref)
+            fake = self.disc.apply({"params": disc_params}, est, est_spec)
+            real = self.disc.apply({"params": disc_params}, ref, ref_spec)
             terms["adv"] = adversarial.lsgan_generator_loss(fake)
             terms["feature"] = adversarial.feature_matching_loss(real, fake)
-        return terms, (out, est, new_extra)
+        return terms, (out, est, new_extra, est_spec)
 
     def _weighted(self, terms) -> jax.Array:
         lc = self.config.loss
@@ -119,18 +137,34 @@ class AutoencoderTrainer:
     def _step_key(self, rng_data, step):
         return jax.random.fold_in(jax.random.wrap_key_data(rng_data), step)
 
-    def _gen_step(self, gen, disc_params, counters, batch, *, adversarial_on: bool):
+    def _train_step(self, gen, disc, counters, batch, *, adversarial_on: bool):
+        """The generator update, then (adversarial_on) the discriminator update on the same
+        reconstruction and spectra; one program, so nothing is computed twice."""
+        ref_spec = self._ref_spectra(batch, adversarial_on)
+        gen, counters, est, est_spec, metrics = self._gen_step(
+            gen, disc["params"], counters, batch, ref_spec, adversarial_on=adversarial_on
+        )
+        if adversarial_on:
+            disc, counters, disc_metrics = self._disc_step(
+                disc, counters, est, batch, (ref_spec, est_spec)
+            )
+            metrics |= disc_metrics
+        return gen, disc, counters, metrics
+
+    def _gen_step(self, gen, disc_params, counters, batch, ref_spec, *, adversarial_on: bool):
         step = counters["step"]
         key = self._step_key(counters["rng"], step)
         extra = {"batch_stats": gen["batch_stats"]} if self.uses_batch_stats else {}
 
         def loss_fn(params):
-            terms, aux = self._gen_terms(params, extra, disc_params, batch, key, adversarial_on)
+            terms, aux = self._gen_terms(
+                params, extra, disc_params, batch, key, adversarial_on, ref_spec
+            )
             return self._weighted(terms), (terms, aux)
 
-        (total, (terms, (out, est, new_extra))), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            gen["params"]
-        )
+        (total, (terms, (out, est, new_extra, est_spec))), grads = jax.value_and_grad(
+            loss_fn, has_aux=True
+        )(gen["params"])
         params, opt, applied, gnorm = common.guarded_update(
             self.gen_tx, gen["params"], gen["opt"], grads
         )
@@ -155,14 +189,17 @@ class AutoencoderTrainer:
         }
         skipped = 1 - applied.astype(jnp.int32)
         counters = dict(counters, step=step + 1, skipped_gen=counters["skipped_gen"] + skipped)
-        return new_gen, counters, jax.lax.stop_gradient(est), metrics
+        sg = jax.lax.stop_gradient
+        return new_gen, counters, sg(est), jax.tree.map(sg, est_spec), metrics
 
-    def _disc_step(self, disc, counters, est, batch):
+    def _disc_step(self, disc, counters, est, batch, spectra=(None, None)):
+        """spectra: (real, reconstructed) `spectral.stfts` already computed, or None each."""
         ref = batch["audio"] * batch["mask"]
+        ref_spec, est_spec = spectra
 
         def loss_fn(params):
-            real = self.disc.apply({"params": params}, ref)
-            fake = self.disc.apply({"params": params}, est)
+            real = self.disc.apply({"params": params}, ref, ref_spec)
+            fake = self.disc.apply({"params": params}, est, est_spec)
             return adversarial.lsgan_discriminator_loss(real, fake)
 
         loss, grads = jax.value_and_grad(loss_fn)(disc["params"])
@@ -179,11 +216,14 @@ class AutoencoderTrainer:
         key = self._step_key(counters["rng"], counters["step"])
         extra = {"batch_stats": gen["batch_stats"]} if self.uses_batch_stats else {}
         names = ["mel", "stft"] + (["adv", "feature"] if adversarial_on else [])
+        ref_spec = self._ref_spectra(batch, adversarial_on)
         norms = {}
         for name in names:
 
             def one(params, name=name):
-                terms, _ = self._gen_terms(params, extra, disc_params, batch, key, adversarial_on)
+                terms, _ = self._gen_terms(
+                    params, extra, disc_params, batch, key, adversarial_on, ref_spec
+                )
                 return self._weighted({name: terms[name]})
 
             norms[f"grad_norm/{name}"] = jnp.sqrt(
@@ -213,21 +253,15 @@ class AutoencoderTrainer:
         rep = parallel.replicated(self.mesh)
         batch_s = {k: parallel.batch_sharding(self.mesh, 2) for k in BATCH_KEYS}
         wav_s = parallel.batch_sharding(self.mesh, 2)
-        self._gen_steps = {
+        self._steps = {
             on: jax.jit(
-                functools.partial(self._gen_step, adversarial_on=on),
-                in_shardings=(s["gen"], s["disc"]["params"], rep, batch_s),
-                out_shardings=(s["gen"], rep, wav_s, rep),
-                donate_argnums=(0, 2),
+                functools.partial(self._train_step, adversarial_on=on),
+                in_shardings=(s["gen"], s["disc"], rep, batch_s),
+                out_shardings=(s["gen"], s["disc"], rep, rep),
+                donate_argnums=(0, 1, 2),
             )
             for on in (False, True)
         }
-        self._disc_step_jit = jax.jit(
-            self._disc_step,
-            in_shardings=(s["disc"], rep, wav_s, batch_s),
-            out_shardings=(s["disc"], rep, rep),
-            donate_argnums=(0, 1),
-        )
         self._grad_norms = {
             on: jax.jit(
                 functools.partial(self._term_grad_norms, adversarial_on=on),
@@ -262,13 +296,9 @@ class AutoencoderTrainer:
         on = self.adversarial_on(step)
         batch = {k: batch[k] for k in BATCH_KEYS}
         with jax.set_mesh(self.mesh):
-            gen, counters, est, metrics = self._gen_steps[on](
-                state["gen"], state["disc"]["params"], _counters(state), batch
+            gen, disc, counters, metrics = self._steps[on](
+                state["gen"], state["disc"], _counters(state), batch
             )
-            disc = state["disc"]
-            if on:
-                disc, counters, disc_metrics = self._disc_step_jit(disc, counters, est, batch)
-                metrics |= disc_metrics
         return dict(state, gen=gen, disc=disc, **counters), metrics
 
     def grad_norms(self, state: dict, batch: dict, step: int) -> dict:
@@ -284,14 +314,9 @@ class AutoencoderTrainer:
         on = self.adversarial_on(step)
         batch = {k: batch[k] for k in BATCH_KEYS}
         with jax.set_mesh(self.mesh):
-            args = (state["gen"], state["disc"]["params"], _counters(state), batch)
-            total = _cost_flops(self._gen_steps[on], *args)
-            if on:
-                wav = jax.ShapeDtypeStruct(batch["audio"].shape, jnp.float32)
-                total += _cost_flops(
-                    self._disc_step_jit, state["disc"], _counters(state), wav, batch
-                )
-        return total
+            return _cost_flops(
+                self._steps[on], state["gen"], state["disc"], _counters(state), batch
+            )
 
     def parameter_count(self) -> int:
         return sum(int(x.size) for x in jax.tree.leaves(self._abstract["gen"]["params"]))
