@@ -17,6 +17,13 @@ class ConfigError(ValueError):
     """A config value that cannot work; the message names the field."""
 
 
+# Rematerialization policies of the *.remat keys (f3_jax.models.llm_layers.REMAT_POLICIES):
+# "none" keeps every activation for the backward pass; "full" keeps each block's input only and
+# recomputes the block; "dots_saveable" keeps the products with weights (matmuls without batch
+# dimensions, convolutions) and recomputes the rest.
+REMAT_POLICIES = ("none", "full", "dots_saveable")
+
+
 def data_defaults() -> ml_collections.ConfigDict:
     d = ml_collections.ConfigDict()
     d.source = "array_record"  # "array_record" (prepare / demo_corpus output) or "tfds"
@@ -72,6 +79,7 @@ def autoencoder_defaults() -> ml_collections.ConfigDict:
     c.model.dilations = (1, 3, 9)
     c.model.kernel_size = 7
     c.model.final_tanh = False
+    c.model.remat = "none"  # encoder and decoder blocks: none, full, dots_saveable
 
     c.bottleneck = ml_collections.ConfigDict()
     c.bottleneck.norm = "layer"  # "layer" (per frame over channels), "batch", or "none"
@@ -170,6 +178,10 @@ def representation_defaults() -> ml_collections.ConfigDict:
     c.llm.param_dtype = "float32"  # storage dtype of its frozen weights
     c.llm.instruction = "\nTranscribe the speech:"  # between the audio and the transcript
     c.llm.max_text_tokens = 64  # transcript tokens (with end of text); longer ones are cut
+    # The transcript loss backpropagates through the frozen LLM into the adapter: its layers'
+    # activations are kept for that (remat "none") or recomputed.
+    c.llm.remat = "none"
+    c.llm.scan_layers = True  # one nn.scan over its layers (compiles one layer, not all)
 
     c.encoder = ml_collections.ConfigDict()
     c.encoder.width = 1024
@@ -181,6 +193,11 @@ def representation_defaults() -> ml_collections.ConfigDict:
     c.encoder.causal = True  # False: bidirectional (then unusable inside generation)
     c.encoder.rope_theta = 10000.0
     c.encoder.norm_eps = 1e-5
+    c.encoder.remat = "none"  # its blocks: none, full, dots_saveable
+    # One nn.scan over the blocks: parameters at encoder/layers/..., stacked over the blocks.
+    # Checkpoints and exports of per-layer encoders (encoder/layers_0, ...; before this key
+    # existed) need scan_layers=False, or llm.stack_layer_params to convert them.
+    c.encoder.scan_layers = True
 
     c.quantizer = ml_collections.ConfigDict()
     c.quantizer.seed = 1234  # the targets depend on this only
@@ -235,6 +252,7 @@ def flow_defaults() -> ml_collections.ConfigDict:
     c.llm.param_dtype = "float32"
     c.llm.instruction = "\nSay it:"  # between the text prompt and the audio
     c.llm.max_text_tokens = 64
+    c.llm.scan_layers = True  # one nn.scan over its layers (no gradient flows through it here)
 
     c.flow_head = ml_collections.ConfigDict()
     c.flow_head.width = 1024
@@ -242,6 +260,7 @@ def flow_defaults() -> ml_collections.ConfigDict:
     c.flow_head.time_embed_dim = 256
     c.flow_head.cond_drop_prob = 0.1  # condition dropped in training, for classifier-free guidance
     c.flow_head.stop_hidden = 256  # 0: a linear stop head
+    c.flow_head.remat = "none"  # its adaLN blocks: none, full, dots_saveable
 
     c.flow_loss = ml_collections.ConfigDict()
     c.flow_loss.time_schedule = "uniform"  # or "logit_normal"
@@ -354,12 +373,24 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
         raise ConfigError(f"config.data.crop_mode={config.data.crop_mode!r}: random or utterance")
     if config.optim.schedule not in ("constant", "cosine"):
         raise ConfigError(f"config.optim.schedule={config.optim.schedule!r}: constant or cosine")
+    for key in _REMAT_KEYS[config.stage]:
+        group, name = key.split(".")
+        value = config[group][name]
+        if value not in REMAT_POLICIES:
+            raise ConfigError(f"config.{key}={value!r}: use one of {', '.join(REMAT_POLICIES)}")
     if config.stage == "autoencoder":
         _validate_autoencoder(config)
     elif config.stage == "representation":
         _validate_representation(config)
     elif config.stage == "flow":
         _validate_flow(config)
+
+
+_REMAT_KEYS = {
+    "autoencoder": ("model.remat",),
+    "representation": ("encoder.remat", "llm.remat"),
+    "flow": ("flow_head.remat",),
+}
 
 
 def _validate_autoencoder(config) -> None:

@@ -70,7 +70,10 @@ class Generator:
         )
         lc = config.llm
         llm_config, llm_params, tok = load_llm(
-            llm_path or lc.path, param_dtype=lc.param_dtype, dtype=lc.dtype
+            llm_path or lc.path,
+            param_dtype=lc.param_dtype,
+            dtype=lc.dtype,
+            scan_layers=bool(lc.get("scan_layers", False)),
         )
         ae = frozen.FrozenAutoencoder(os.path.join(export, "autoencoder"), config.sample_rate, mesh)
         rep = frozen.FrozenRepresentation(

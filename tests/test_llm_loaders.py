@@ -1,5 +1,6 @@
 """Safetensors and GGUF loaders on the tiny random model: round trips and clear failures."""
 
+import dataclasses
 import json
 import os
 
@@ -8,6 +9,7 @@ import numpy as np
 import pytest
 
 from f3_jax.models.llm import main as llm_main
+from f3_jax.models.llm import stack_layer_params
 from f3_jax.models.llm_checkpoint_map import LLMLoadError
 from f3_jax.models.llm_loaders import load_llm
 from tests.llm_fixtures import (
@@ -58,6 +60,20 @@ def test_gguf_round_trip(tmp_path, arch):
     _assert_same_params(loaded, params)
     assert tok.encode("<|im_start|>")[0] == 1  # control tokens match as whole pieces
     assert tok.decode(tok.encode(" the an")) == " the an"
+
+
+@pytest.mark.parametrize("fmt", ["hf", "gguf"])
+def test_scan_layers_loads_the_layers_stacked(tmp_path, fmt):
+    config = tiny_config(num_layers=3)
+    params = random_params(config)
+    if fmt == "hf":
+        path = write_hf_dir(str(tmp_path / "hf"), config, params)
+    else:
+        path = write_gguf(str(tmp_path / "m.gguf"), config, params)
+    loaded_config, loaded, _ = load_llm(path, scan_layers=True, remat="full")
+    assert loaded_config == dataclasses.replace(config, scan_layers=True, remat="full")
+    assert loaded["params"]["layers"]["mlp"]["up_proj"]["kernel"].shape == (3, 64, 128)
+    _assert_same_params(loaded, {"params": stack_layer_params(params["params"], 3)}, atol=1e-6)
 
 
 def test_gguf_quantized_tensor_is_dequantized(tmp_path):

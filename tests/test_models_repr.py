@@ -1,5 +1,6 @@
 """Stage-2 modules: quantizer targets, encoder causality and caching, RQ-MTP and prompts."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,6 +12,7 @@ from f3_jax.models.llm import LLM
 from f3_jax.models.llm_prompt import tokenize_texts, transcript_nll
 from f3_jax.models.quantizer import RandomProjectionQuantizer
 from f3_jax.models.representation import RepresentationEncoder
+from f3_jax.models.rq_mtp import RQMTPHeads
 from tests.llm_fixtures import random_params, tiny_config, tiny_tokenizer
 
 Z = jax.random.normal(jax.random.key(3), (2, 12, 8))
@@ -96,6 +98,34 @@ def test_rq_mtp_loss_ignores_masked_targets_and_scores_accuracy():
     assert float(rq_mtp.loss_and_accuracy(wrong_masked, targets, mask)[0]) == float(loss)
     uniform = jnp.zeros_like(logits)
     np.testing.assert_allclose(rq_mtp.loss_and_accuracy(uniform, targets, mask)[0], np.log(4))
+
+
+def test_chunked_rq_mtp_stats_equal_the_full_logits():
+    """Cross-entropy one (head, codebook) chunk at a time: same loss, accuracy and gradients."""
+    heads = RQMTPHeads(3, 2, 16)
+    r = jax.random.normal(jax.random.key(0), (2, 10, 8))
+    params = nn.unbox(heads.init(jax.random.key(1), r))["params"]
+    tokens = jax.random.randint(jax.random.key(2), (2, 10, 2), 0, 16)
+    targets, tmask = rq_mtp.future_targets(tokens, jnp.ones((2, 10)).at[1, 7:].set(0), 3)
+
+    def full(p, r):
+        stats = rq_mtp.per_example_stats(heads.apply({"params": p}, r), targets, tmask)
+        return rq_mtp.loss_and_accuracy_from_stats(stats, 2), stats
+
+    def chunked(p, r):
+        k = p["heads"]
+        stats = rq_mtp.chunked_per_example_stats(k["kernel"], k["bias"], r, targets, tmask)
+        return rq_mtp.loss_and_accuracy_from_stats(stats, 2), stats
+
+    (want, want_acc), want_stats = jax.jit(full)(params, r)
+    (got, got_acc), got_stats = jax.jit(chunked)(params, r)
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    np.testing.assert_allclose(got_acc, want_acc)
+    for key in want_stats:
+        np.testing.assert_allclose(got_stats[key], want_stats[key], rtol=1e-6, err_msg=key)
+    grad = lambda f: jax.jit(jax.grad(lambda p, r: f(p, r)[0][0], argnums=(0, 1)))(params, r)
+    for g, w in zip(jax.tree.leaves(grad(chunked)), jax.tree.leaves(grad(full))):
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-8)
 
 
 def test_stack_patches_pads_and_masks():

@@ -79,6 +79,21 @@ def test_batch_without_text_skips_the_llm_term(single):
     assert "loss/transcript" not in metrics[0] and metrics[0]["data/text_fraction"] == 0.0
 
 
+def test_train_step_never_transfers_to_the_host(single):
+    """The step variant (with or without the LLM term) is decided from the numpy batch."""
+    config, trainer, *_ = single
+    state = trainer.initial_state()
+    for seed, texts in ((0, None), (1, [""] * config.train.batch_size)):
+        local = repr_batch(config, seed=seed)
+        if texts is not None:
+            local["text"] = np.array(texts, dtype=object)
+        batch = parallel.global_batch(trainer.host_batch(local), trainer.mesh)
+        with jax.transfer_guard_device_to_host("disallow_explicit"):
+            state, metrics = trainer.train_step(state, batch, 0)
+        jax.block_until_ready(state)
+        assert ("loss/transcript" in metrics) == (texts is None)
+
+
 def test_sharded_step_equals_single_device(single):
     config, _, host_init, ref_state, ref_metrics, _ = single
     trainer = _trainer(config, (2, 2, 2), jax.devices())

@@ -38,10 +38,58 @@ def per_example_stats(logits: jax.Array, targets: jax.Array, mask: jax.Array) ->
     }
 
 
+def chunked_per_example_stats(
+    kernel: jax.Array,
+    bias: jax.Array,
+    r: jax.Array,
+    targets: jax.Array,
+    mask: jax.Array,
+    dtype="float32",
+) -> dict:
+    """`per_example_stats` of the RQMTPHeads logits, one (head, codebook) chunk at a time.
+
+    kernel (W, k, C, K) and bias (k, C, K) are the heads' DenseGeneral parameters
+    (params["heads"]["heads"]), r (B, T, W) the representations, `dtype` the heads' compute
+    dtype. The logits (B, T, k, C, K) are never materialized whole: a `lax.map` over the k * C
+    chunks computes each (B, T, K) slice, its cross-entropy and its argmax, and its body is
+    rematerialized (`jax.checkpoint`), so the backward pass holds one chunk's logits at a time
+    instead of all of them (and their gradient).
+    """
+    w, k, c, size = kernel.shape
+    dtype = jnp.dtype(dtype)
+    xs = (
+        jnp.moveaxis(kernel.reshape(w, k * c, size), 1, 0),  # (k*C, W, K)
+        bias.reshape(k * c, size),
+        jnp.moveaxis(targets.reshape(*targets.shape[:2], k * c), 2, 0),  # (k*C, B, T)
+        jnp.repeat(jnp.moveaxis(mask.astype(jnp.float32), 2, 0), c, axis=0),  # (k*C, B, T)
+    )
+    x = r.astype(dtype)
+
+    @jax.checkpoint
+    def chunk(args):
+        kern, b, target, m = args
+        logits = jnp.einsum("btw,wv->btv", x, kern.astype(dtype)) + b.astype(dtype)
+        logits = logits.astype(jnp.float32)
+        ce = optax.softmax_cross_entropy_with_integer_labels(logits, target)
+        correct = (jnp.argmax(logits, axis=-1) == target).astype(jnp.float32)
+        return jnp.sum(ce * m, axis=1), jnp.sum(correct * m, axis=1)
+
+    ce, correct = jax.lax.map(chunk, xs)  # (k*C, B) each
+    b = r.shape[0]
+    return {
+        "ce": jnp.sum(ce, axis=0),
+        "correct": jnp.moveaxis(correct, 0, 1).reshape(b, k, c),
+        "count": jnp.sum(mask.astype(jnp.float32), axis=1),
+    }
+
+
 def loss_and_accuracy(logits: jax.Array, targets: jax.Array, mask: jax.Array):
     """Mean cross-entropy over heads, codebooks and real frames; accuracy per horizon (k,)."""
-    stats = per_example_stats(logits, targets, mask)
-    num_codebooks = targets.shape[-1]
+    return loss_and_accuracy_from_stats(per_example_stats(logits, targets, mask), targets.shape[-1])
+
+
+def loss_and_accuracy_from_stats(stats: dict, num_codebooks: int):
+    """`loss_and_accuracy` from per-example stats (`per_example_stats` or the chunked ones)."""
     count = jnp.sum(stats["count"], axis=0)  # (k,)
     loss = jnp.sum(stats["ce"]) / jnp.maximum(jnp.sum(count) * num_codebooks, 1.0)
     accuracy = jnp.sum(stats["correct"], axis=(0, 2)) / jnp.maximum(count * num_codebooks, 1.0)

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 
 from f3_jax.models.bottleneck import NormalizedNoisyBottleneck
 from f3_jax.models.layers import Snake, WNConv1d, WNConvTranspose1d
+from f3_jax.models.llm_layers import remat
 
 Dtype = jnp.dtype | str
 _STEM_KERNEL = 7  # first/last convolutions (as in DAC)
@@ -88,6 +89,7 @@ class Encoder(nn.Module):
     dilations: Sequence[int] = (1, 3, 9)
     kernel_size: int = 7
     dtype: Dtype = jnp.float32
+    remat: str = "none"  # of each block under grad (llm_layers.REMAT_POLICIES)
 
     @nn.compact
     def __call__(self, wav: jax.Array) -> jax.Array:
@@ -98,13 +100,15 @@ class Encoder(nn.Module):
         x = WNConv1d(self.channels * self.channel_mults[0], _STEM_KERNEL, dtype=self.dtype)(
             wav[..., None]
         )
-        for mult, stride in zip(self.channel_mults[1:], self.strides):
-            x = EncoderBlock(
+        block = remat(EncoderBlock, self.remat)
+        for i, (mult, stride) in enumerate(zip(self.channel_mults[1:], self.strides)):
+            x = block(
                 self.channels * mult,
                 stride,
                 tuple(self.dilations),
                 self.kernel_size,
                 dtype=self.dtype,
+                name=f"EncoderBlock_{i}",  # the plain module's name, whatever the remat
             )(x)
         x = Snake(dtype=self.dtype)(x)
         return WNConv1d(self.out_dim, _OUT_KERNEL, dtype=self.dtype)(x)
@@ -118,15 +122,22 @@ class Decoder(nn.Module):
     kernel_size: int = 7
     final_tanh: bool = False
     dtype: Dtype = jnp.float32
+    remat: str = "none"
 
     @nn.compact
     def __call__(self, z: jax.Array) -> jax.Array:
         """(B, T, D) -> (B, T * hop)."""
         x = WNConv1d(self.channels * self.channel_mults[-1], _STEM_KERNEL, dtype=self.dtype)(z)
         widths = [self.channels * m for m in self.channel_mults[:-1]]
-        for width, stride in zip(reversed(widths), reversed(tuple(self.strides))):
-            x = DecoderBlock(
-                width, stride, tuple(self.dilations), self.kernel_size, dtype=self.dtype
+        block = remat(DecoderBlock, self.remat)
+        for i, (width, stride) in enumerate(zip(reversed(widths), reversed(tuple(self.strides)))):
+            x = block(
+                width,
+                stride,
+                tuple(self.dilations),
+                self.kernel_size,
+                dtype=self.dtype,
+                name=f"DecoderBlock_{i}",
             )(x)
         x = Snake(dtype=self.dtype)(x)
         x = WNConv1d(1, _STEM_KERNEL, dtype=self.dtype)(x)[..., 0]
@@ -149,6 +160,7 @@ class Autoencoder(nn.Module):
     noise_scale: float = 0.25
     momentum: float = 0.99
     dtype: Dtype = jnp.float32
+    remat: str = "none"  # of the encoder's and decoder's blocks under grad
 
     @classmethod
     def from_config(cls, config) -> Autoencoder:
@@ -168,6 +180,7 @@ class Autoencoder(nn.Module):
             noise_scale=float(b.noise_scale),
             momentum=float(b.batch_norm_momentum),
             dtype=jnp.dtype(config.compute_dtype),
+            remat=m.get("remat", "none"),  # exports from before the key existed lack it
         )
 
     @property
@@ -183,6 +196,7 @@ class Autoencoder(nn.Module):
             tuple(self.dilations),
             self.kernel_size,
             dtype=self.dtype,
+            remat=self.remat,
         )
         self.bottleneck = NormalizedNoisyBottleneck(
             self.latent_dim,
@@ -201,6 +215,7 @@ class Autoencoder(nn.Module):
             self.kernel_size,
             self.final_tanh,
             dtype=self.dtype,
+            remat=self.remat,
         )
 
     def encode(self, wav: jax.Array, *, train: bool = False) -> dict[str, jax.Array]:

@@ -31,6 +31,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from f3_jax.models.llm_layers import remat
+
 Dtype = Any
 # Flow time is in [0, 1]; the sinusoids are laid out for integer-like steps (as in DDPM / DiT),
 # so t is scaled up before embedding. Without it the low frequencies would barely move.
@@ -134,6 +136,7 @@ class PatchFlowHead(nn.Module):
     cond_drop_prob: float = 0.1  # training only, when no explicit drop_condition is given
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    remat: str = "none"  # of each adaLN block under grad: none, full, dots_saveable
 
     def _time_embedding(self, t: jax.Array) -> jax.Array:
         d, p = self.dtype, self.param_dtype
@@ -183,8 +186,9 @@ class PatchFlowHead(nn.Module):
         c = jnp.where(drop[..., None], null.astype(c.dtype), c)
         cond = c + self._time_embedding(jnp.broadcast_to(t, lead))
 
+        block = remat(AdaLNBlock, self.remat)
         for i in range(self.depth):
-            h = AdaLNBlock(self.width, d, p, name=f"block_{i}")(h, cond)
+            h = block(self.width, d, p, name=f"block_{i}")(h, cond)
         final_mod = _dense(2 * self.width, "final_modulation", d, p, zero=True)
         shift, scale = jnp.split(final_mod(nn.silu(cond)), 2, axis=-1)
         h = _modulate(_plain_norm(h, d), shift, scale)

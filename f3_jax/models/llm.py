@@ -23,7 +23,7 @@ import jax.numpy as jnp
 from jax.sharding import Mesh
 
 from f3_jax import parallel
-from f3_jax.models.llm_layers import DecoderLayer, RMSNorm, rope_inv_freq
+from f3_jax.models.llm_layers import RMSNorm, decoder_layers, rope_inv_freq
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,6 +49,9 @@ class LLMConfig:
     dtype: str = "float32"  # compute dtype
     param_dtype: str = "float32"  # dtype of freshly initialized parameters
     attention_out_bias: bool = False  # bias on o_proj (Llama with attention_bias=True)
+    # How the layers run (not part of a checkpoint file; the loaders take them as arguments):
+    remat: str = "none"  # rematerialization of each layer under grad: none, full, dots_saveable
+    scan_layers: bool = False  # nn.scan over the layers: parameters stacked on a "layers" axis
 
     def __hash__(self):  # rope_scaling is a dict: hash its items so the config can be static
         fields = dataclasses.astuple(self)
@@ -63,9 +66,14 @@ def init_cache(config: LLMConfig, batch: int, max_len: int, dtype: Any = None) -
     """
     dtype = jnp.dtype(dtype or config.dtype)
     shape = (batch, max_len, config.num_kv_heads, config.head_dim)
+    if config.scan_layers:  # one array per k and v, stacked over the layers like the weights
+        k = v = jnp.zeros((config.num_layers, *shape), dtype)
+    else:
+        k = [jnp.zeros(shape, dtype) for _ in range(config.num_layers)]
+        v = [jnp.zeros(shape, dtype) for _ in range(config.num_layers)]
     return {
-        "k": [jnp.zeros(shape, dtype) for _ in range(config.num_layers)],
-        "v": [jnp.zeros(shape, dtype) for _ in range(config.num_layers)],
+        "k": k,
+        "v": v,
         "valid": jnp.zeros((batch, max_len), bool),
         "length": jnp.zeros((), jnp.int32),
         "next_pos": jnp.zeros((batch,), jnp.int32),
@@ -90,7 +98,7 @@ class LLM(nn.Module):
             ),
         )
         inv_freq = rope_inv_freq(c.head_dim, c.rope_theta, c.rope_scaling)
-        self.layers = [DecoderLayer(c, inv_freq) for _ in range(c.num_layers)]
+        self.layers = decoder_layers(c, inv_freq)
         self.final_norm = RMSNorm(c.rms_norm_eps, dtype=dtype, param_dtype=param_dtype)
         if not c.tie_word_embeddings:
             self.lm_head = nn.Dense(
@@ -163,11 +171,26 @@ class LLM(nn.Module):
 
 
 def run_layers(layers, x, positions, mask, cache, wanted=frozenset()):
-    """Applies decoder layers in order, with the KV cache when given.
+    """Applies decoder layers in order (a list, or one scanned module from `decoder_layers`),
+    with the KV cache when given.
 
     Returns (x, {i: residual stream after i layers for i in wanted}, updated cache or None).
+    Scanned layers give the hidden states after 0 and after all layers only.
     """
     hidden_states = {i: x for i in wanted if i == 0}
+    if not isinstance(layers, (list, tuple)):
+        inner = sorted(i for i in wanted if i not in (0, layers.config.num_layers))
+        if inner:
+            raise ValueError(
+                f"hidden states after layers {inner} need scan_layers=False (scanned layers "
+                "give those after 0 and after all layers)"
+            )
+        kv = None if cache is None else (cache["k"], cache["v"])
+        x, kv = layers(x, positions, mask, kv, None if cache is None else cache["length"])
+        hidden_states |= {i: x for i in wanted if i != 0}
+        if cache is not None:
+            cache = {**cache, "k": kv[0], "v": kv[1], "length": cache["length"] + x.shape[1]}
+        return x, hidden_states, cache
     new_k, new_v = [], []
     for i, layer in enumerate(layers):
         kv = None if cache is None else (cache["k"][i], cache["v"][i])
@@ -180,6 +203,28 @@ def run_layers(layers, x, positions, mask, cache, wanted=frozenset()):
     if cache is not None:
         cache = {**cache, "k": new_k, "v": new_v, "length": cache["length"] + x.shape[1]}
     return x, hidden_states, cache
+
+
+def stack_layer_params(tree: dict, num_layers: int, name: str = "layers") -> dict:
+    """{name_0: p0, ..., name_{L-1}: p} -> {name: stacked}: per-layer parameters (the layout
+    of scan_layers=False) in the layout of scan_layers=True. Other keys are kept."""
+    keys = [f"{name}_{i}" for i in range(num_layers)]
+    missing = [k for k in keys if k not in tree]
+    if missing:
+        raise KeyError(f"no per-layer parameters {missing[:3]} to stack")
+    out = {k: v for k, v in tree.items() if k not in keys}
+    out[name] = jax.tree.map(lambda *xs: jnp.stack(xs), *(tree[k] for k in keys))
+    return out
+
+
+def unstack_layer_params(tree: dict, name: str = "layers") -> dict:
+    """The inverse of `stack_layer_params`: {name: stacked} -> {name_0: ..., name_{L-1}: ...}."""
+    stacked = tree[name]
+    count = jax.tree.leaves(stacked)[0].shape[0]
+    out = {k: v for k, v in tree.items() if k != name}
+    for i in range(count):
+        out[f"{name}_{i}"] = jax.tree.map(lambda x, i=i: x[i], stacked)
+    return out
 
 
 def _layer_indices(requested: Sequence[int], num_layers: int) -> set[int]:

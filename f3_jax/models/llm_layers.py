@@ -18,6 +18,35 @@ import numpy as np
 Dtype = Any
 _INIT = nn.initializers.normal(0.02)
 
+# Rematerialization (activation checkpointing) of a block in the backward pass:
+#   none           keep every activation (fastest, most memory);
+#   full           keep only the block's inputs, recompute everything inside it;
+#   dots_saveable  keep the products with weights (matmuls without batch dimensions, and
+#                  convolutions), recompute the rest (norms, activations, attention scores).
+REMAT_POLICIES = ("none", "full", "dots_saveable")
+
+
+def _dots_and_convs_saveable(prim, *args, **params) -> bool:
+    if prim is jax.lax.conv_general_dilated_p:
+        return True
+    return jax.checkpoint_policies.dots_with_no_batch_dims_saveable(prim, *args, **params)
+
+
+def remat(module_class, policy: str, prevent_cse: bool = True):
+    """`module_class` wrapped in `nn.remat` with one of REMAT_POLICIES ("none": unchanged).
+
+    Parameter names do not change: give the wrapped module the name the plain one would have.
+    Inside `nn.scan` pass prevent_cse=False (the loop already keeps XLA from merging the
+    recomputation with the forward).
+    """
+    if policy == "none":
+        return module_class
+    if policy == "full":
+        return nn.remat(module_class, prevent_cse=prevent_cse)
+    if policy == "dots_saveable":
+        return nn.remat(module_class, policy=_dots_and_convs_saveable, prevent_cse=prevent_cse)
+    raise ValueError(f"remat policy {policy!r} is not one of {REMAT_POLICIES}")
+
 
 def _partitioned(init, names: tuple[str, ...]):
     return nn.with_logical_partitioning(init, names)
@@ -173,7 +202,11 @@ class SwiGLU(nn.Module):
 
 
 class DecoderLayer(nn.Module):
-    """Pre-norm block: x + attn(norm(x)), then x + mlp(norm(x))."""
+    """Pre-norm block: x + attn(norm(x)), then x + mlp(norm(x)).
+
+    Returns (x, updated (k, v) cache or None): as the body of `nn.scan`, the carry and what is
+    stacked over the layers.
+    """
 
     config: Any  # LLMConfig (kept untyped here to avoid an import cycle)
     inv_freq: Any
@@ -203,3 +236,28 @@ class DecoderLayer(nn.Module):
         mlp = SwiGLU(c.intermediate_size, dtype=dtype, param_dtype=param_dtype, name="mlp")
         x = x + mlp(RMSNorm(name="mlp_norm", **norm)(x))
         return x, new_cache
+
+
+def decoder_layers(config, inv_freq, *, name: str | None = None):
+    """The config's decoder layers, each wrapped with its remat policy.
+
+    config.scan_layers: one `nn.scan` module over num_layers identical layers, its parameters
+    stacked on a leading "layers" axis (one layer traced and compiled instead of num_layers);
+    else a list of layers named layers_0, layers_1, ... Either goes to `llm.run_layers`.
+    """
+    policy = getattr(config, "remat", "none")
+    if not getattr(config, "scan_layers", False):
+        block = remat(DecoderLayer, policy)
+        kwargs = lambda i: {} if name is None else {"name": f"{name}_{i}"}
+        return [block(config, inv_freq, **kwargs(i)) for i in range(config.num_layers)]
+    scanned = nn.scan(
+        remat(DecoderLayer, policy, prevent_cse=False),
+        variable_axes={"params": 0},
+        split_rngs={"params": True},
+        # x is the carry; positions, mask and the cache slot are shared; the cache is per layer.
+        in_axes=(nn.broadcast, nn.broadcast, 0, nn.broadcast),
+        length=config.num_layers,
+        metadata_params={nn.PARTITION_NAME: "layers"},
+    )
+    kwargs = {} if name is None else {"name": name}
+    return scanned(config, inv_freq, **kwargs)

@@ -8,6 +8,7 @@ whole model is never gathered on one device. No pickle is ever read.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import os
@@ -45,21 +46,30 @@ def smollm2_path() -> str:
 
 
 def load_llm(
-    path: str, *, mesh: Mesh | None = None, param_dtype: str = "float32", dtype: str = "float32"
+    path: str,
+    *,
+    mesh: Mesh | None = None,
+    param_dtype: str = "float32",
+    dtype: str = "float32",
+    remat: str = "none",
+    scan_layers: bool = False,
 ) -> tuple[LLMConfig, dict, TextTokenizer]:
     """(config, {"params": ...} of plain arrays, tokenizer) from a GGUF file or HF directory.
 
     With `mesh`, each parameter is placed with the shardings of `llm_shardings(config, mesh)`;
-    without, on the default device. `dtype` is the compute dtype stored in the config.
+    without, on the default device. `dtype` is the compute dtype stored in the config, `remat`
+    and `scan_layers` how its layers run (see LLMConfig): with scan_layers the per-layer file
+    tensors are stacked on a leading "layers" axis, one parameter kind at a time.
     """
     if path == "smollm2":
         path = smollm2_path()
+    run = {"remat": remat, "scan_layers": scan_layers}
     if os.path.isdir(path):
-        return _load_hf(path, mesh, param_dtype, dtype)
+        return _load_hf(path, mesh, param_dtype, dtype, run)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no LLM weights at {path!r} (GGUF file or HF model directory)")
     gf = GGUFFile(path)
-    config = gf.config(dtype)
+    config = dataclasses.replace(gf.config(dtype), **run)
     params = _place(
         config, gf.names(), lambda n: (gf.tensor(n), path), "gguf", path, mesh, param_dtype
     )
@@ -95,15 +105,36 @@ def _place(
         )
     boxes = _boxes_by_path(config)
     tree: dict = {}
-    for spec in plan:
-        name = getattr(spec, naming)
-        value = to_param(*read(name), spec=spec, name=name, dtype=param_dtype)
+
+    def put(path, value):
         sharding = None
         if mesh is not None:
-            box = boxes[spec.path]
+            box = boxes[path]
             sharding = NamedSharding(mesh, logical_to_spec(box.names, value.shape, mesh))
-        _set(tree, spec.path, jax.device_put(value, sharding))
+        _set(tree, path, jax.device_put(value, sharding))
+
+    convert = lambda spec: to_param(
+        *read(getattr(spec, naming)), spec=spec, name=getattr(spec, naming), dtype=param_dtype
+    )
+    stacked: dict[tuple[str, ...], list] = {}
+    for spec in plan:
+        layer = _layer_of(spec.path)
+        if config.scan_layers and layer is not None:
+            stacked.setdefault(("params", "layers", *spec.path[2:]), []).append((layer, spec))
+        else:
+            put(spec.path, convert(spec))
+    for path, specs in stacked.items():  # scan_layers: (num_layers, ...) per parameter kind
+        specs.sort(key=lambda item: item[0])
+        put(path, np.stack([convert(spec) for _, spec in specs]))
     return tree
+
+
+def _layer_of(path: tuple[str, ...]) -> int | None:
+    """i for a parameter of layer i (path ("params", "layers_i", ...)), else None."""
+    prefix = "layers_"
+    if len(path) > 2 and path[1].startswith(prefix) and path[1][len(prefix) :].isdigit():
+        return int(path[1][len(prefix) :])
+    return None
 
 
 def _unexpected(extra: set[str], config: LLMConfig, naming: str) -> set[str]:
@@ -174,12 +205,12 @@ def config_from_hf(cfg: dict, dtype: str = "float32", file: str = "config.json")
     )
 
 
-def _load_hf(directory: str, mesh, param_dtype: str, dtype: str):
+def _load_hf(directory: str, mesh, param_dtype: str, dtype: str, run: dict):
     config_file = os.path.join(directory, "config.json")
     if not os.path.isfile(config_file):
         raise LLMLoadError(f"{directory}: no config.json (not a Hugging Face model directory)")
     with open(config_file) as f:
-        config = config_from_hf(json.load(f), dtype, config_file)
+        config = dataclasses.replace(config_from_hf(json.load(f), dtype, config_file), **run)
     files = _safetensors_files(directory)
     where: dict[str, str] = {}
     for file in files:

@@ -50,6 +50,13 @@ def transcript_nll(
 ) -> tuple[jax.Array, jax.Array]:
     """Per-example summed negative log-likelihood of the transcript (B,) and token counts (B,)."""
     prefix, prefix_mask = prompt_embeddings(llm, params, audio_embeds, audio_mask, instruction_ids)
+    return prefix_transcript_nll(llm, params, prefix, prefix_mask, text_ids, text_mask)
+
+
+def prefix_transcript_nll(
+    llm: LLM, params, prefix, prefix_mask, text_ids, text_mask
+) -> tuple[jax.Array, jax.Array]:
+    """`transcript_nll` after a given [audio; instruction] prefix (from `prompt_embeddings`)."""
     text = llm.apply(params, text_ids, method=LLM.embed)
     embeds = jnp.concatenate([prefix, text], axis=1)
     mask = jnp.concatenate([prefix_mask, text_mask.astype(prefix_mask.dtype)], axis=1)

@@ -2,7 +2,9 @@
 
 Causal by default, so that generation (stage 3) can run it incrementally with a KV cache; the
 bidirectional mode sees the whole clip. Its blocks are the frozen LLM's decoder blocks
-(`llm_layers.DecoderLayer`), configured by an `LLMConfig` that has no vocabulary.
+(`llm_layers.DecoderLayer`), configured by an `LLMConfig` that has no vocabulary; with
+scan_layers they run under one `nn.scan` (parameters params/layers/..., stacked over the
+blocks; `llm.stack_layer_params` converts the per-layer layout layers_0, layers_1, ...).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from f3_jax.models.llm import LLMConfig, attention_layout, init_cache, run_layers
-from f3_jax.models.llm_layers import DecoderLayer, RMSNorm, rope_inv_freq
+from f3_jax.models.llm_layers import RMSNorm, decoder_layers, rope_inv_freq
 
 _INIT = nn.initializers.normal(0.02)
 
@@ -31,9 +33,13 @@ class RepresentationEncoder(nn.Module):
     norm_eps: float = 1e-5
     dtype: str = "float32"
     param_dtype: str = "float32"
+    remat: str = "none"  # of each block under grad: none, full, dots_saveable
+    scan_layers: bool = False  # nn.scan over the blocks: parameters under "layers", stacked
 
     @classmethod
     def from_config(cls, config) -> RepresentationEncoder:
+        """From a stage-2 config; exports written before remat / scan_layers existed lack
+        them and get the layout they were trained with (per-layer parameters)."""
         e = config.encoder
         return cls(
             e.width,
@@ -46,6 +52,8 @@ class RepresentationEncoder(nn.Module):
             e.rope_theta,
             e.norm_eps,
             dtype=config.compute_dtype,
+            remat=e.get("remat", "none"),
+            scan_layers=bool(e.get("scan_layers", False)),
         )
 
     def block_config(self) -> LLMConfig:
@@ -61,6 +69,8 @@ class RepresentationEncoder(nn.Module):
             rms_norm_eps=self.norm_eps,
             dtype=self.dtype,
             param_dtype=self.param_dtype,
+            remat=self.remat,
+            scan_layers=self.scan_layers,
         )
 
     def init_cache(self, batch: int, max_frames: int) -> dict:
@@ -90,7 +100,7 @@ class RepresentationEncoder(nn.Module):
             positions = jnp.maximum(jnp.cumsum(token_mask, axis=1, dtype=jnp.int32) - 1, 0)
             attn_mask = jnp.broadcast_to(token_mask[:, None, :], token_mask.shape + (z.shape[1],))
         inv_freq = rope_inv_freq(self.head_dim, self.rope_theta, None)
-        layers = [DecoderLayer(c, inv_freq, name=f"layers_{i}") for i in range(self.depth)]
+        layers = decoder_layers(c, inv_freq, name="layers")
         x, _, cache = run_layers(layers, x, positions, attn_mask, cache)
         out = RMSNorm(self.norm_eps, dtype=dtype, name="final_norm")(x)
         return {"repr": out, "cache": cache}

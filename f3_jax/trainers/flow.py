@@ -60,7 +60,11 @@ class FlowTrainer:
         self.ae = frozen.FrozenAutoencoder(config.autoencoder.workdir, config.sample_rate, mesh)
         lc = config.llm
         self.llm_config, self.llm_params, self.text_tokenizer = load_llm(
-            lc.path, mesh=mesh, param_dtype=lc.param_dtype, dtype=lc.dtype
+            lc.path,
+            mesh=mesh,
+            param_dtype=lc.param_dtype,
+            dtype=lc.dtype,
+            scan_layers=lc.scan_layers,
         )
         self.llm = LLM(self.llm_config)
         self.rep = frozen.FrozenRepresentation(
@@ -78,6 +82,7 @@ class FlowTrainer:
             fh.time_embed_dim,
             fh.cond_drop_prob,
             dtype=jnp.dtype(config.compute_dtype),
+            remat=fh.remat,
         )
         self.stop = StopHead(fh.stop_hidden, dtype=jnp.dtype(config.compute_dtype))
         o = config.optim

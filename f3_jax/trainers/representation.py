@@ -6,9 +6,11 @@ inference mode: no noise, no gradients) and the LLM (from `config.llm.path`). Th
   step, rng, skipped,
   params: {encoder, heads, downsampler, adapter}, opt,
   quantizer: the frozen random projection and codebooks (saved so targets never change).
-Whether a batch has any transcript is known on the host, so a batch without text runs a step
-variant that never touches the LLM. With config.data.latent_cache, training batches hold cached
-latents (LATENT_KEYS) and their step variants skip the autoencoder; validation stays on audio.
+Whether a batch has any transcript is decided on the host from the numpy batch (`host_batch`
+records it under VARIANT_KEY, which stays on the host), so a batch without text runs a step
+variant that never touches the LLM and no step waits on a device-to-host transfer. With
+config.data.latent_cache, training batches hold cached latents (LATENT_KEYS) and their step
+variants skip the autoencoder; validation stays on audio.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from f3_jax.models.llm import LLM
 from f3_jax.models.llm_loaders import load_llm
 from f3_jax.models.llm_prompt import (
     greedy_transcribe,
+    prefix_transcript_nll,
     prompt_embeddings,
     transcript_nll,
 )
@@ -40,6 +43,8 @@ from f3_jax.trainers import common, frozen
 BATCH_KEYS = ("audio", "mask", "text_ids", "text_mask")
 LATENT_KEYS = ("latents", "frame_mask", "text_ids", "text_mask")  # data.latent_cache batches
 AE_EXPORT = "autoencoder"  # subdirectory of this stage's export holding the frozen stage 1
+# host_batch's flag "this batch has text" (a 0-d object array: global_batch keeps it on the host)
+VARIANT_KEY = "with_llm"
 
 
 class RepresentationTrainer:
@@ -53,7 +58,12 @@ class RepresentationTrainer:
         self.ae = frozen.FrozenAutoencoder(config.autoencoder.workdir, config.sample_rate, mesh)
         lc = config.llm
         self.llm_config, self.llm_params, self.text_tokenizer = load_llm(
-            lc.path, mesh=mesh, param_dtype=lc.param_dtype, dtype=lc.dtype
+            lc.path,
+            mesh=mesh,
+            param_dtype=lc.param_dtype,
+            dtype=lc.dtype,
+            remat=lc.remat,
+            scan_layers=lc.scan_layers,
         )
         self.llm = LLM(self.llm_config)
         self.instruction_ids = np.asarray(self.text_tokenizer.encode(lc.instruction), np.int32)
@@ -140,6 +150,13 @@ class RepresentationTrainer:
             batch["text_mask"],
         )
 
+    def _rq_mtp_stats(self, params, r, targets, tmask):
+        """RQ-MTP per-example stats, the heads' logits computed one chunk at a time."""
+        heads = params["heads"]["heads"]
+        return rq_mtp.chunked_per_example_stats(
+            heads["kernel"], heads["bias"], r, targets, tmask, self.heads.dtype
+        )
+
     # ---- steps -------------------------------------------------------------------------
     def _latents(self, frozen, batch):
         if "latents" in batch:  # from the latent cache
@@ -153,8 +170,8 @@ class RepresentationTrainer:
 
         def loss_fn(params):
             r = self.encoder.apply({"params": params["encoder"]}, z, fmask)["repr"]
-            logits = self.heads.apply({"params": params["heads"]}, r)
-            rq_loss, accuracy = rq_mtp.loss_and_accuracy(logits, targets, tmask)
+            stats = self._rq_mtp_stats(params, r, targets, tmask)
+            rq_loss, accuracy = rq_mtp.loss_and_accuracy_from_stats(stats, targets.shape[-1])
             terms = {"rq_mtp": rq_loss}
             if with_llm:
                 nll, count = self._transcript(params, frozen["llm"], r, fmask, batch)
@@ -194,9 +211,7 @@ class RepresentationTrainer:
         z, fmask = self.ae.latents(frozen["ae"], batch["audio"], batch["mask"])
         tokens, targets, tmask = self._targets(quantizer, z, fmask)
         r = self.encoder.apply({"params": params["encoder"]}, z, fmask)["repr"]
-        stats = rq_mtp.per_example_stats(
-            self.heads.apply({"params": params["heads"]}, r), targets, tmask
-        )
+        stats = self._rq_mtp_stats(params, r, targets, tmask)
         baseline = rq_mtp.copy_baseline_correct(targets, tokens, tmask)
         count, cbs = stats["count"], targets.shape[-1]
         frames = jnp.sum(count, axis=1)
@@ -210,12 +225,15 @@ class RepresentationTrainer:
         metrics["rq_mtp/copy_baseline_h1"] = _mean(baseline[:, 0].mean(-1), count[:, 0])
         chance = jnp.full_like(frames, 1.0 / self.quantizer.codebook_size)
         metrics["rq_mtp/chance"] = (chance, count[:, 0])
-        nll, ntok = self._transcript(params, frozen["llm"], r, fmask, batch)
-        metrics["transcript/nll"] = _mean(nll, ntok)
+        # The downsampler, adapter and prefix once, for the loss and for greedy transcription.
         embeds, pmask = self._audio_embeddings(params, r, fmask)
         prefix, prefix_mask = prompt_embeddings(
             self.llm, frozen["llm"], embeds, pmask, self.instruction_ids
         )
+        nll, ntok = prefix_transcript_nll(
+            self.llm, frozen["llm"], prefix, prefix_mask, batch["text_ids"], batch["text_mask"]
+        )
+        metrics["transcript/nll"] = _mean(nll, ntok)
         return metrics, {"prefix": prefix, "prefix_mask": prefix_mask}
 
     def _represent(self, params, frozen, audio, mask):
@@ -246,11 +264,21 @@ class RepresentationTrainer:
 
     # ---- public step API used by the train loop ----------------------------------------
     def host_batch(self, local: dict) -> dict:
-        """This process's numpy batch with the transcripts tokenized for the LLM."""
-        return common.text_batch(local, self.text_tokenizer, self.config.llm.max_text_tokens)
+        """This process's numpy batch with the transcripts tokenized for the LLM, and the step
+        variant it needs (VARIANT_KEY: whether any transcript is in it), decided here on the host.
+
+        With several processes every one must run the same program, and no process sees the
+        others' texts without a collective: they always run the LLM term (a batch without any
+        text then only wastes that term's compute; its loss is the same).
+        """
+        out = common.text_batch(local, self.text_tokenizer, self.config.llm.max_text_tokens)
+        with_llm = jax.process_count() > 1 or bool(np.any(out["text_mask"]))
+        return out | {VARIANT_KEY: np.array(with_llm, dtype=object)}
 
     def train_step(self, state: dict, batch: dict, step: int) -> tuple[dict, dict]:
-        with_llm = bool(np.any(parallel.to_host(jnp.max(batch["text_mask"]))))
+        # Read on the host (never a device-to-host transfer); a batch not made by host_batch
+        # runs the LLM term.
+        with_llm = bool(batch[VARIANT_KEY].item()) if VARIANT_KEY in batch else True
         trained = {k: state[k] for k in ("step", "rng", "skipped", "params", "opt")}
         keys = _keys_of(batch)
         batch = {k: batch[k] for k in keys}
