@@ -10,3 +10,23 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (
         os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
+
+
+# ---- the train CLI runs shared by test_train_cli.py and test_multiprocess.py -----------------
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def cli_setup(tmp_path_factory, pytestconfig):
+    from tests import cli_runs
+
+    return cli_runs.make_setup(tmp_path_factory.mktemp("train_cli"), pytestconfig)
+
+
+@pytest.fixture(scope="session")
+def cli_reference(cli_setup):
+    """An uninterrupted run of N steps, one process of two devices: (workdir, Run)."""
+    from tests import cli_runs
+
+    workdir = cli_setup.tmp / "reference"
+    return workdir, cli_runs.finish(cli_runs.start(cli_setup, workdir, "reference"))

@@ -1,12 +1,13 @@
 """Multi-process training over 127.0.0.1: `python -m f3_jax.train` as cooperating processes.
 
 Each process has one CPU device; the reference is one process with two. Every process is bounded
-by a timeout after which it is SIGKILLed and the test fails. All runs share one persistent XLA
-compilation cache, so only the first run of each kind (one process of two devices, two processes
-of one) compiles.
+by a timeout after which it is SIGKILLed and the test fails. All runs use tests/cli_runs.py's
+config and share one persistent XLA compilation cache, so only the first run of each kind (one
+process of two devices, two processes of one) compiles.
 
 Runs, in order:
-  reference  one process, two devices: N steps, checkpoints at N/2 and N.
+  reference  one process, two devices: N steps, checkpoints at N/2 and N (conftest's
+             `cli_reference`, shared with test_train_cli.py).
   preempted  two processes through launch/local_multiprocess.sh, SIGTERM to process 1 as step 1
              starts: every process saves the same step and exits 0.
   relaunched the same command again: resumes from that step and runs to N, which must end
@@ -21,7 +22,6 @@ errors naming them.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -37,56 +37,10 @@ import numpy as np
 import pytest
 
 from f3_jax import checkpoint
-from f3_jax.data.synthetic import write_record_dir
-from tests.test_train_cli import (
-    SR,
-    _batch_records,
-    _compilation_cache_dir,
-    _subprocess_env,
-    _tail,
-    _utterances,
-)
+from tests.cli_runs import RUN_TIMEOUT_S, N, Setup, batch_records, losses, tail
 
-REPO = Path(__file__).resolve().parents[1]
-LAUNCHER = REPO / "launch" / "local_multiprocess.sh"
-N = 6  # steps; checkpoints at N/2 and N
-RUN_TIMEOUT_S = 600  # one run: cold compiles on a loaded 2-core machine included
+LAUNCHER = Path(__file__).resolve().parents[1] / "launch" / "local_multiprocess.sh"
 HEARTBEAT_S = 10  # a process silent this long counts as dead
-
-CONFIG = '''
-"""Tiny stage-1 config for the multi-process tests (written by tests/test_multiprocess.py)."""
-
-from tests.ae_fixtures import tiny_ae_config
-
-
-def get_config():
-    c = tiny_ae_config()
-    c.data.path = {data_path!r}
-    c.data.eval_batch_size = 4
-    c.data.eval_max_seconds = 0.5
-    c.data.eval_bucket_seconds = (0.5,)
-    # The loop and the collectives are under test, not the GAN: no discriminator to compile.
-    c.discriminator.use_mpd = False
-    c.train.adversarial_start = 1000
-    c.loss.mel_window_sizes = (128,)
-    c.loss.mel_bins = (16,)
-    c.loss.stft_fft_sizes = (128,)
-    c.mesh.data = {mesh_data}
-    c.train.batch_size = 4
-    c.train.steps = {steps}
-    c.train.checkpoint_every = {steps} // 2
-    c.train.log_every = 1
-    c.train.eval_every = {steps}
-    return c
-'''
-
-
-@dataclass
-class Setup:
-    config: Path
-    env: dict  # one CPU device per process
-    env_two_devices: dict
-    tmp: Path
 
 
 @dataclass
@@ -96,24 +50,15 @@ class Run:
     seconds: float
 
 
+@pytest.fixture(scope="module")
+def setup(cli_setup) -> Setup:
+    return cli_setup
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory, pytestconfig) -> Setup:
-    tmp = tmp_path_factory.mktemp("multiprocess")
-    data = tmp / "data"
-    write_record_dir(
-        str(data), {"train": _utterances(12, 0), "valid": _utterances(4, 1)}, sample_rate=SR
-    )
-    config = tmp / "mp_config.py"
-    config.write_text(CONFIG.format(data_path=str(data), steps=N, mesh_data=2))
-    env = _subprocess_env(_compilation_cache_dir(pytestconfig, tmp))
-    two = dict(env, XLA_FLAGS=f"{env['XLA_FLAGS']} --xla_force_host_platform_device_count=2")
-    return Setup(config, env, two, tmp)
 
 
 def _train_args(setup: Setup, workdir: str, *extra: str) -> list[str]:
@@ -202,11 +147,6 @@ def _restore(workdir: Path, step: int) -> dict:
         ckpt.close()
 
 
-def _losses(workdir: Path) -> dict[int, float]:
-    lines = (workdir / "train" / "metrics.jsonl").read_text().splitlines()
-    return {m["step"]: m["loss/gen_total"] for m in map(json.loads, lines) if "loss/gen_total" in m}
-
-
 def _stopped_at(log: str) -> list[int]:
     return [int(s) for s in re.findall(r"stopping at step (\d+) after saving a checkpoint", log)]
 
@@ -230,17 +170,17 @@ def _assert_same_state(workdir: Path, reference: Path) -> None:
 
 def _assert_reference_batches(workdir: Path, reference: Path, steps, rows: int) -> None:
     """Process 0's rows of every step's batch were the reference's first `rows` ids."""
-    want = {r["step"]: r["ids"] for r in _batch_records(reference)}
-    got = {r["step"]: r["ids"] for r in _batch_records(workdir)}
+    want = {r["step"]: r["ids"] for r in batch_records(reference)}
+    got = {r["step"]: r["ids"] for r in batch_records(workdir)}
     for step in steps:
         assert got[step] == want[step][:rows], (step, got[step], want[step])
 
 
 @pytest.fixture(scope="module")
-def reference(setup) -> Path:
-    run = _single(setup, "reference", "reference")
-    assert run.codes == [0], _tail(run.logs[0])
-    return setup.tmp / "reference"
+def reference(cli_reference) -> Path:
+    workdir, run = cli_reference
+    assert run.returncode == 0, tail(run.log)
+    return workdir
 
 
 @pytest.fixture(scope="module")
@@ -249,7 +189,7 @@ def preempted(setup, reference) -> tuple[Run, Run]:
     workdir = setup.tmp / "two"
 
     def sigterm_when_training(pids, proc, t0):
-        _poll(proc, t0, lambda: _batch_records(workdir) or None, "the first batch")
+        _poll(proc, t0, lambda: batch_records(workdir) or None, "the first batch")
         os.kill(pids[1], signal.SIGTERM)
 
     first = _launch(setup, "two", "preempted", sigterm_when_training)
@@ -259,7 +199,7 @@ def preempted(setup, reference) -> tuple[Run, Run]:
 
 def test_sigterm_to_one_process_saves_the_same_step_everywhere_and_exits_0(setup, preempted):
     first, _ = preempted
-    assert first.codes == [0, 0], "\n".join(_tail(log) for log in first.logs)
+    assert first.codes == [0, 0], "\n".join(tail(log) for log in first.logs)
     stops = [_stopped_at(log) for log in first.logs]
     assert len(stops[0]) == 1 and stops[0] == stops[1], stops
     step = stops[0][0]
@@ -273,11 +213,11 @@ def test_sigterm_to_one_process_saves_the_same_step_everywhere_and_exits_0(setup
 
 def test_two_processes_continue_like_one_process_with_two_devices(setup, reference, preempted):
     first, second = preempted
-    assert second.codes == [0, 0], "\n".join(_tail(log) for log in second.logs)
+    assert second.codes == [0, 0], "\n".join(tail(log) for log in second.logs)
     step = _stopped_at(first.logs[0])[0]
     assert f"resuming from {setup.tmp}/two/checkpoints/{step}" in second.logs[0]
     workdir = setup.tmp / "two"
-    want, got = _losses(reference), _losses(workdir)
+    want, got = losses(reference), losses(workdir)
     assert sorted(got) == list(range(1, N + 1)), sorted(got)
     for s in range(1, N + 1):
         np.testing.assert_allclose(got[s], want[s], rtol=1e-5, err_msg=f"loss at step {s}")
@@ -292,7 +232,7 @@ def test_a_two_process_checkpoint_resumes_in_one_process(setup, reference, preem
     workdir = setup.tmp / "to_one"
     _copy_at(setup.tmp / "two", workdir, N // 2)
     run = _single(setup, "to_one", "to_one")
-    assert run.codes == [0], _tail(run.logs[0])
+    assert run.codes == [0], tail(run.logs[0])
     assert f"resuming from {workdir}/checkpoints/{N // 2}" in run.logs[0]
     assert "another process count or batch size" in run.logs[0]
     _assert_reference_batches(workdir, reference, range(N // 2 + 1, N + 1), rows=4)
@@ -303,7 +243,7 @@ def test_a_one_process_checkpoint_resumes_in_two_processes(setup, reference):
     workdir = setup.tmp / "to_two"
     _copy_at(reference, workdir, N // 2)
     run = _launch(setup, "to_two", "to_two")
-    assert run.codes == [0, 0], "\n".join(_tail(log) for log in run.logs)
+    assert run.codes == [0, 0], "\n".join(tail(log) for log in run.logs)
     assert "another process count or batch size" in run.logs[0]
     _assert_reference_batches(workdir, reference, range(N // 2 + 1, N + 1), rows=2)
     _assert_same_state(workdir, reference)
@@ -336,7 +276,7 @@ def test_sigkill_of_one_process_stops_the_other_with_a_message(setup, reference,
                 )  # fmt: skip
             )
     try:
-        _poll(procs[0], t0, lambda: _batch_records(setup.tmp / workdir) or None, "a batch")
+        _poll(procs[0], t0, lambda: batch_records(setup.tmp / workdir) or None, "a batch")
         procs[victim].kill()
         killed_at = time.monotonic()
         survivor = procs[1 - victim]
@@ -347,9 +287,9 @@ def test_sigkill_of_one_process_stops_the_other_with_a_message(setup, reference,
             if p.poll() is None:
                 _kill_group(p)
     log = logs[1 - victim].read_text()
-    assert code != 0, _tail(log)
+    assert code != 0, tail(log)
     assert waited < HEARTBEAT_S + 90
-    assert re.search(r"another task died|heartbeat|UNAVAILABLE", log), _tail(log)
+    assert re.search(r"another task died|heartbeat|UNAVAILABLE", log), tail(log)
 
 
 def _two_direct(setup: Setup, workdir: str, name: str, extra=(), cwds=None) -> Run:
@@ -402,8 +342,8 @@ def test_an_unreachable_coordinator_is_an_error_not_a_hang(setup):
 def test_a_mesh_that_does_not_fit_the_devices_stops_every_process(setup):
     run = _two_direct(setup, "bad_mesh", "bad_mesh", extra=["--config.mesh.data=4"])
     for code, log in zip(run.codes, run.logs):
-        assert code == 1, _tail(log)
-        assert "does not divide the 2 devices" in log, _tail(log)
+        assert code == 1, tail(log)
+        assert "does not divide the 2 devices" in log, tail(log)
 
 
 def test_a_workdir_the_processes_do_not_share_is_an_error(setup):
@@ -414,6 +354,6 @@ def test_a_workdir_the_processes_do_not_share_is_an_error(setup):
         cwd.mkdir()
     run = _two_direct(setup, "not_shared", "not_shared", cwds=cwds)
     for code, log in zip(run.codes, run.logs):
-        assert code == 1, _tail(log)
-        assert "not_shared is not reachable by every process: processes [1]" in log, _tail(log)
+        assert code == 1, tail(log)
+        assert "not_shared is not reachable by every process: processes [1]" in log, tail(log)
     assert not (cwds[0] / "not_shared" / "checkpoints").exists()
