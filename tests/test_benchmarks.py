@@ -142,6 +142,7 @@ def test_synthetic_batch_is_the_pipeline_format():
     assert all(str(t).strip() for t in local["text"])
 
 
+@pytest.mark.slow  # minutes of XLA:CPU compile on 2 cores
 def test_train_step_stage1_generator_only(tmp_path):
     figures = train_step.run(tiny_ae(), steps=1, num_devices=1, adversarial=False)
     _check(figures, "autoencoder")
@@ -160,11 +161,13 @@ def test_train_step_stage1_adversarial():
     assert figures["adversarial"]
 
 
+@pytest.mark.slow  # minutes of XLA:CPU compile on 2 cores
 def test_train_step_stage2_random_frozen(llm_dir):
     figures = train_step.run(tiny_repr(llm_dir), steps=1, ae_config=tiny_ae(), num_devices=1)
     _check(figures, "representation")
 
 
+@pytest.mark.slow  # minutes of XLA:CPU compile on 2 cores
 def test_train_step_stage3_random_frozen_latents(llm_dir):
     """Stage 3 on batches of cached latents (the latent-cache variant of the step)."""
     figures = train_step.run(
