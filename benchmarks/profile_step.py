@@ -62,8 +62,12 @@ _HEAVY = ("convolution", "dot", "custom-call", "fft", "reduce-window", "scatter"
 
 
 def parse_hlo(text: str) -> dict:
-    """{instruction: {opcode, kind, op_name, calls}} and {computation: opcodes inside}."""
+    """{instruction: {opcode, kind, op_name, calls}} and {computation: opcodes inside}.
+
+    A fusion that XLA made without metadata (e.g. CPU convolution fusions) takes the op_name
+    of the heaviest instruction it fuses."""
     ops, comps, current = {}, collections.defaultdict(set), None
+    names = collections.defaultdict(dict)  # computation -> {opcode: first op_name}
     for line in text.splitlines():
         m = _COMP.match(line)
         if m and "=" not in line.split("{")[0]:
@@ -75,6 +79,8 @@ def parse_hlo(text: str) -> dict:
         name, _, opcode, rest = m.groups()
         comps[current].add(opcode)
         op_name = _OP_NAME.search(rest)
+        if op_name:
+            names[current].setdefault(opcode, op_name.group(1))
         kind, calls = _KIND.search(rest), _CALLS.search(rest)
         ops[name] = {
             "opcode": opcode,
@@ -82,6 +88,11 @@ def parse_hlo(text: str) -> dict:
             "op_name": op_name.group(1) if op_name else "",
             "calls": calls.group(1) if calls else "",
         }
+    for info in ops.values():
+        inside = names.get(info["calls"], {})
+        if not info["op_name"] and inside:
+            heavy = [inside[h] for h in _HEAVY if h in inside]
+            info["op_name"] = heavy[0] if heavy else next(iter(inside.values()))
     return {"ops": ops, "computations": comps}
 
 
