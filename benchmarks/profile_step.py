@@ -130,7 +130,7 @@ def scope_of(op_name: str, depth: int = 2) -> str:
     primitive, without the jvp()/transpose() wrappers."""
     parts = op_name.split("/")[1:-1]  # drop jit(f) and the primitive's own name
     parts = [re.sub(r"^((transpose|jvp|checkpoint|remat)\()+|\)+$", "", p) for p in parts]
-    names = [p for p in parts if p and "(" not in p]
+    names = [re.sub(r"_\d+$", "_*", p) for p in parts if p and "(" not in p]  # layers_3
     return "/".join(names[:depth]) or "(no scope)"
 
 

@@ -213,6 +213,7 @@ def test_profile_summary_of_a_traced_gradient(tmp_path):
 def test_scope_of_strips_transforms_and_primitive():
     name = "jit(_step)/transpose(jvp(Autoencoder))/Autoencoder.decode/decoder/Block_1/conv"
     assert profile_step.scope_of(name) == "Autoencoder/Autoencoder.decode"
+    assert profile_step.scope_of("jit(f)/transpose(jvp())/LLM/layers_12/mlp/dot") == "LLM/layers_*"
     assert profile_step.phase_of(name) == "backward"
     assert profile_step.scope_of("jit(f)/jvp()/tanh") == "(no scope)"
     assert profile_step.phase_of("jit(f)/jvp()/tanh") == "forward"
