@@ -3,25 +3,33 @@
     python benchmarks/memory_plan.py --config configs/ae_24k.py --mesh data=2,fsdp=8,tensor=1
     python benchmarks/memory_plan.py --config configs/ae_24k.py --devices 64       # fsdp=64
     python benchmarks/memory_plan.py --config configs/ae_24k.py --sweep 1,2,4,8,16,32,64,128,256
+    python benchmarks/memory_plan.py --config configs/repr_24k.py --sweep 1,2,4,8,16,32,64,128,256
+    python benchmarks/memory_plan.py --config configs/flow_24k.py --devices 64 \
+        [--ae_config configs/ae_24k.py --repr_config configs/repr_24k.py]
 
 State: the stage's trainer (`f3_jax.trainers.create`) is built on a `jax.sharding.AbstractMesh`
-of the requested shape, which needs no devices (a trainer that cannot be built on one, such as
-stage 2 placing its frozen weights, is built on one CPU device instead: the layout read from it
-does not depend on the mesh). Only the trained state is counted: weights a trainer holds
-outside its state (frozen autoencoder, LLM) are not. Every state leaf keeps the logical axis names
-its parameter was created with (`nn.LogicallyPartitioned`); they map to mesh axes through
-`f3_jax.parallel.logical_to_spec` (the same function that shards the real run, which drops a
-mesh axis that does not divide its dimension), and a leaf's per-device shard is its shape with
-each dimension divided by the product of the mesh axes it is split over. Bytes are reported per
-sub-tree (gen/params, gen/opt, gen/ema, disc/params, ...).
+of the requested shape, which needs no devices. Stages 2 and 3 are built with abstract frozen
+weights (ShapeDtypeStructs: nothing is read but the LLM's header and tokenizer): an earlier
+stage whose export is missing is stood in for by its config (--ae_config, --repr_config; by
+default the sibling config of --config, configs/repr_24k.py -> configs/ae_24k.py). The trained
+state is counted in the main table; the frozen weights a stage-2/3 trainer holds outside its
+state (LLM, autoencoder, stage-2 modules, placed by their logical axes too) get a table of
+their own. Every leaf keeps the logical
+axis names its parameter was created with (`nn.LogicallyPartitioned`, from the trainer's
+`logical_state()`); they map to mesh axes through `f3_jax.parallel.logical_to_spec` (the same
+function that shards the real run, which drops a mesh axis that does not divide its
+dimension), and a leaf's per-device shard is its shape with each dimension divided by the
+product of the mesh axes it is split over. Bytes are reported per sub-tree (gen/params,
+gen/opt, gen/ema, disc/params, ..., frozen/llm).
 
-Activations: the real train step (the trainer's public `train_step`, generator and
-discriminator updates traced into one program) is compiled on ONE CPU device at the per-device
-batch (global batch / (data * fsdp)), and XLA's `memory_analysis()` of it is printed. This is
+Activations: the real train step (the trainer's `lower_train_step`, for stage 1 generator and
+discriminator updates in one program, for stage 2 the variant with the LLM term; frozen weights
+abstract) is compiled on ONE CPU device at the per-device batch (global batch / (data * fsdp)),
+and XLA's `memory_analysis()` of it is printed. This is
 a measurement on CPU, not on the accelerator: XLA:CPU assigns buffers differently, the
 all-gathered FSDP weights and collective buffers of the sharded program are not in it, and a
 tensor axis > 1 would split activations further. Take it as the order of magnitude of the
-temporaries, not as a bound. Stages without an entry in example_batch() skip this part.
+temporaries, not as a bound.
 --nolower_on_abstract_mesh skips the check that the step lowers
 (StableHLO, no devices needed) on the abstract mesh itself.
 
@@ -32,9 +40,10 @@ dimension does not divide by fsdp.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
+import importlib.util
 import math
+import os
 import time
 
 import flax.linen as nn
@@ -48,32 +57,43 @@ from ml_collections import config_flags
 from f3_jax import config as config_lib
 from f3_jax import parallel, trainers
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).")
-_MESH = flags.DEFINE_string(
-    "mesh",
-    None,
-    "Mesh shape as data=D,fsdp=F,tensor=T (axes left out are 1; one may be -1 "
-    "when --devices is given).",
-)
-_DEVICES = flags.DEFINE_integer(
-    "devices", None, "Number of devices; without --mesh, shorthand for data=1,fsdp=N,tensor=1."
-)
-_SWEEP = flags.DEFINE_list(
-    "sweep", None, "fsdp sizes: print per-device state bytes vs fsdp (data = tensor = 1)."
-)
-_ACTIVATIONS = flags.DEFINE_bool(
-    "activations",
-    True,
-    "Compile the train step on one CPU device at the per-device batch and "
-    "print its memory analysis (minutes for full-size configs).",
-)
-_LOWER = flags.DEFINE_bool(
-    "lower_on_abstract_mesh", True, "Lower the train step on the abstract mesh (no devices)."
-)
-_PLATFORM = flags.DEFINE_string(
-    "lowering_platform", "tpu", "Platform the abstract-mesh lowering targets (tpu, cuda, cpu)."
-)
-_TOP = flags.DEFINE_integer("top", 8, "How many of the largest replicated leaves to list.")
+
+def define_flags():
+    """The command line's flags (defined when run as a program, so that tests can import it)."""
+    config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).")
+    flags.DEFINE_string(
+        "mesh",
+        None,
+        "Mesh shape as data=D,fsdp=F,tensor=T (axes left out are 1; one may be -1 "
+        "when --devices is given).",
+    )
+    flags.DEFINE_integer(
+        "devices", None, "Number of devices; without --mesh, shorthand for data=1,fsdp=N,tensor=1."
+    )
+    flags.DEFINE_list(
+        "sweep", None, "fsdp sizes: print per-device state bytes vs fsdp (data = tensor = 1)."
+    )
+    flags.DEFINE_bool(
+        "activations",
+        True,
+        "Compile the train step on one CPU device at the per-device batch and "
+        "print its memory analysis (minutes for full-size configs).",
+    )
+    flags.DEFINE_bool(
+        "lower_on_abstract_mesh", True, "Lower the train step on the abstract mesh (no devices)."
+    )
+    flags.DEFINE_string(
+        "lowering_platform", "tpu", "Platform the abstract-mesh lowering targets (tpu, cuda, cpu)."
+    )
+    flags.DEFINE_integer("top", 8, "How many of the largest replicated leaves to list.")
+    config_flags.DEFINE_config_file(
+        "ae_config", None, "Stage-1 config standing in for a missing autoencoder export."
+    )
+    config_flags.DEFINE_config_file(
+        "repr_config", None, "Stage-2 config standing in for a missing representation export."
+    )
+    return flags.FLAGS
+
 
 MiB = 2**20
 _RULES = dict(parallel.RULES)  # logical axis -> mesh axes
@@ -94,6 +114,8 @@ class Leaf:
         top-level scalars."""
         if len(self.path) == 1:
             return "counters"
+        if self.path[0] == "frozen":  # frozen/llm, frozen/ae, frozen/rep
+            return "/".join(self.path[:2])
         if self.path[0] not in _KINDS and len(self.path) > 2 and self.path[1] in _KINDS:
             return "/".join(self.path[:2])  # a model's own sub-tree: gen/params, disc/opt
         return self.path[0]
@@ -107,18 +129,51 @@ def abstract_mesh(shape: tuple[int, int, int]) -> AbstractMesh:
     return AbstractMesh(shape, parallel.MESH_AXES, axis_types=(AxisType.Auto,) * 3)
 
 
-def build_trainer(config, shape: tuple[int, int, int]):
-    """The stage's trainer on an abstract mesh; on one CPU device if the trainer needs one."""
+def sibling_config(config_path: str, prefix: str) -> str:
+    """configs/flow_24k.py, "ae" -> configs/ae_24k.py (the same size of an earlier stage)."""
+    directory, name = os.path.split(config_path)
+    size = name.split("_", 1)[1] if "_" in name else name
+    return os.path.join(directory, f"{prefix}_{size}")
+
+
+def _config_file(path: str):
+    spec = importlib.util.spec_from_file_location("_memory_plan_stand_in", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
+def stand_ins(config, config_path: str | None, given: dict | None = None) -> dict:
+    """Configs of the earlier stages whose exports are missing (stages 2, 3): from `given`
+    ({"autoencoder": ..., "representation": ...}), else the sibling config files."""
+    out = {}
+    wanted = {"representation": ("autoencoder",), "flow": ("autoencoder", "representation")}
+    for group in wanted.get(config.stage, ()):
+        workdir = config[group].workdir
+        if workdir and (
+            os.path.exists(os.path.join(workdir, "weights.safetensors"))
+            or os.path.exists(os.path.join(workdir, "export", "config.json"))
+        ):
+            continue  # the export exists: its config is read (weights stay abstract)
+        chosen = (given or {}).get(group)
+        if chosen is None:
+            prefix = "ae" if group == "autoencoder" else "repr"
+            path = sibling_config(config_path or "", prefix)
+            if not config_path or not os.path.exists(path):
+                raise SystemExit(
+                    f"memory_plan: config.{group}.workdir={workdir!r} has no export; pass "
+                    f"--{prefix}_config (a stage config standing in for it)"
+                )
+            chosen = _config_file(path)
+            print(f"note: no {group} export at {workdir!r}; standing in with {path}")
+        out[group] = chosen
+    return out
+
+
+def build_trainer(config, mesh, stand_in: dict, abstract_frozen: bool = True):
+    """The stage's trainer on `mesh` (an AbstractMesh: no devices), frozen weights abstract."""
     try:
-        return trainers.create(config, abstract_mesh(shape))
-    except Exception as abstract_error:  # noqa: BLE001 - retried on a real (1-device) mesh
-        print(
-            f"note: trainers.create failed on an AbstractMesh ({type(abstract_error).__name__}: "
-            f"{abstract_error}); building it on one CPU device instead (the layout read from it "
-            "is mesh-independent)"
-        )
-    try:
-        return trainers.create(config, one_cpu_mesh())
+        return trainers.create(config, mesh, abstract_frozen=abstract_frozen, stand_ins=stand_in)
     except config_lib.ConfigError as e:
         raise SystemExit(f"memory_plan: the {config.stage} trainer cannot be built: {e}") from e
 
@@ -139,26 +194,44 @@ def _key_name(key) -> str:
     return str(key)
 
 
-def state_leaves(trainer) -> list[Leaf]:
-    """Every leaf of the trainer's state with its logical axis names (tracing only)."""
-    make_boxed = getattr(trainer, "_boxed_state", None)
-    if make_boxed is None:
-        raise SystemExit(
-            f"{type(trainer).__name__} has no _boxed_state(): memory_plan needs the state with "
-            "its nn.LogicallyPartitioned boxes (what trainers.common.state_layout traces)"
-        )
-    boxed = jax.eval_shape(make_boxed)
+def _leaves_of(boxed, prefix: tuple[str, ...] = ()) -> list[Leaf]:
     is_box = lambda x: isinstance(x, nn.LogicallyPartitioned)
     leaves = []
     for path, leaf in jax.tree_util.tree_flatten_with_path(boxed, is_leaf=is_box)[0]:
         names = tuple(leaf.names) if is_box(leaf) else None
         value = leaf.value if is_box(leaf) else leaf
-        leaves.append(
-            Leaf(
-                tuple(_key_name(k) for k in path), tuple(value.shape), np.dtype(value.dtype), names
-            )
-        )
+        key = prefix + tuple(_key_name(k) for k in path)
+        leaves.append(Leaf(key, tuple(value.shape), np.dtype(value.dtype), names))
     return leaves
+
+
+def state_leaves(trainer) -> list[Leaf]:
+    """Every leaf of the trainer's state with its logical axis names (tracing only)."""
+    return _leaves_of(trainer.logical_state())
+
+
+def frozen_leaves(trainer) -> list[Leaf]:
+    """The frozen weights a stage-2/3 trainer holds outside its state, with the logical axis
+    names that place them (`f3_jax.trainers.frozen`, `llm_loaders`), in their stored dtypes."""
+    if not hasattr(trainer, "frozen"):
+        return []
+    from f3_jax.models.llm import abstract_params
+
+    logical = {"llm": lambda: abstract_params(trainer.llm_config)}
+    logical["ae"] = trainer.ae.logical_variables
+    if hasattr(trainer, "rep"):
+        logical["rep"] = trainer.rep.logical_params
+    is_box = lambda x: isinstance(x, nn.LogicallyPartitioned)
+
+    def stored(box, x):
+        shape = jax.ShapeDtypeStruct(x.shape, x.dtype)
+        return box.replace_boxed(shape) if is_box(box) else shape
+
+    out = []
+    for part, tree in trainer.frozen().items():
+        boxed = jax.tree.map(stored, logical[part](), tree, is_leaf=is_box)
+        out += _leaves_of(boxed, ("frozen", part))
+    return out
 
 
 def shard_shape(leaf: Leaf, mesh: AbstractMesh) -> tuple[tuple[int, ...], object]:
@@ -241,44 +314,18 @@ def check_against_trainer(trainer, leaves: list[Leaf], mesh: AbstractMesh) -> No
         )
 
 
-# ---- the step: traced with the trainer's public train_step -----------------------------------
-@contextlib.contextmanager
-def traceable_set_mesh():
-    """Lets the trainer's `with jax.set_mesh(...)` run inside an outer jit.
-
-    `jax.set_mesh` refuses to run under a trace (and takes no AbstractMesh); inside the traced
-    step only the abstract mesh matters, which `jax.sharding.use_abstract_mesh` provides.
-    Patched for the duration of one trace only.
-    """
-    original = jax.set_mesh
-
-    @contextlib.contextmanager
-    def abstract_only(mesh):
-        with jax.sharding.use_abstract_mesh(getattr(mesh, "abstract_mesh", mesh)):
-            yield
-
-    jax.set_mesh = abstract_only
-    try:
-        yield
-    finally:
-        jax.set_mesh = original
-
-
-BATCH_STAGES = ("autoencoder",)  # stages example_batch() knows
-
-
+# ---- the step: lowered by the trainer from shapes ---------------------------------------------
 def example_batch(config, batch_size: int, mesh) -> dict:
     """ShapeDtypeStructs of one global train batch, sharded like the real one."""
-    if config.stage == "autoencoder":
-        length = round(config.data.crop_seconds * config.sample_rate)
-        shapes = {
-            "audio": ((batch_size, length), jnp.float32),
-            "mask": ((batch_size, length), jnp.float32),
-        }
-    else:
-        raise SystemExit(
-            f"memory_plan: no example batch for stage {config.stage!r}; add one to example_batch()"
-        )
+    length = round(config.data.crop_seconds * config.sample_rate)
+    shapes = {
+        "audio": ((batch_size, length), jnp.float32),
+        "mask": ((batch_size, length), jnp.float32),
+    }
+    if config.stage in ("representation", "flow"):  # transcripts tokenized for the LLM
+        tokens = config.llm.max_text_tokens
+        shapes["text_ids"] = ((batch_size, tokens), jnp.int32)
+        shapes["text_mask"] = ((batch_size, tokens), jnp.float32)
     return {
         k: jax.ShapeDtypeStruct(s, d, sharding=parallel.batch_sharding(mesh, len(s)))
         for k, (s, d) in shapes.items()
@@ -292,29 +339,22 @@ def planned_step(config) -> int:
 
 def lower_on_abstract_mesh(trainer, config, platform: str) -> tuple[float, int]:
     """Lowers the train step for the trainer's (abstract) mesh; (seconds, StableHLO bytes)."""
-    state = trainer.abstract_state()
     batch = example_batch(config, config.train.batch_size, trainer.mesh)
-    step = planned_step(config)
-    fn = jax.jit(lambda s, b: trainer.train_step(s, b, step), donate_argnums=0)
     t = time.perf_counter()
-    with jax.sharding.use_abstract_mesh(trainer.mesh), traceable_set_mesh():
-        lowered = fn.trace(state, batch).lower(lowering_platforms=(platform,))
+    lowered = trainer.lower_train_step(batch, planned_step(config), lowering_platforms=(platform,))
     return time.perf_counter() - t, len(lowered.as_text())
 
 
-def measure_step_on_cpu(config, per_device_batch: int):
+def measure_step_on_cpu(config, per_device_batch: int, stand_in: dict):
     """memory_analysis() of the train step compiled on one CPU device at the per-device batch."""
     c = config.copy_and_resolve_references()
     c.train.batch_size = per_device_batch
     c.mesh.data, c.mesh.fsdp, c.mesh.tensor = 1, 1, 1
     mesh = one_cpu_mesh()
-    trainer = trainers.create(c, mesh)
-    step = planned_step(c)
-    fn = jax.jit(lambda s, b: trainer.train_step(s, b, step), donate_argnums=0)
+    trainer = build_trainer(c, mesh, stand_in)
     t = time.perf_counter()
-    with jax.set_mesh(mesh), traceable_set_mesh():
-        compiled = fn.lower(trainer.abstract_state(), example_batch(c, per_device_batch, mesh))
-        compiled = compiled.compile()
+    lowered = trainer.lower_train_step(example_batch(c, per_device_batch, mesh), planned_step(c))
+    compiled = lowered.compile()
     return compiled.memory_analysis(), time.perf_counter() - t
 
 
@@ -382,19 +422,13 @@ def print_plan(p: Plan, leaves: list[Leaf], top: int) -> None:
             print(f"    {'/'.join(leaf.path)} {leaf.shape} {leaf.names}: {fmt(nbytes)}")
 
 
-def print_activations(config, shape) -> None:
+def print_activations(config, shape, stand_in: dict) -> None:
     data, fsdp, _ = shape
     global_batch = config.train.batch_size
     if global_batch % (data * fsdp):
         print(
             f"\nactivations: skipped, the global batch {global_batch} does not divide over "
             f"data*fsdp = {data * fsdp}"
-        )
-        return
-    if config.stage not in BATCH_STAGES:
-        print(
-            f"\nactivations: skipped, no example batch for stage {config.stage!r} (add one to "
-            "example_batch() in benchmarks/memory_plan.py)"
         )
         return
     b = global_batch // (data * fsdp)
@@ -404,12 +438,12 @@ def print_activations(config, shape) -> None:
         f"{config.compute_dtype}; measured on CPU, not on the accelerator ...",
         flush=True,
     )
-    stats, seconds = measure_step_on_cpu(config, b)
+    stats, seconds = measure_step_on_cpu(config, b, stand_in)
     args, out = stats.argument_size_in_bytes, stats.output_size_in_bytes
     alias, temp = stats.alias_size_in_bytes, stats.temp_size_in_bytes
     print(f"  compiled in {seconds:.0f} s (XLA:CPU memory_analysis)")
     print(f"  temporaries (activations, gradients, workspace)  {fmt(temp):>14}")
-    print(f"  arguments (unsharded state + batch)              {fmt(args):>14}")
+    print(f"  arguments (unsharded state + frozen + batch)     {fmt(args):>14}")
     print(f"  outputs not aliased to donated arguments         {fmt(out - alias):>14}")
     print(
         f"  => per-device estimate: sharded state above + {fmt(temp)} temporaries "
@@ -417,45 +451,46 @@ def print_activations(config, shape) -> None:
     )
 
 
-def run_single(config, shape) -> None:
+def run_single(config, shape, config_path: str | None, options) -> None:
+    """options: the parsed flags (top, lower_on_abstract_mesh, lowering_platform, activations,
+    ae_config, repr_config)."""
     n = math.prod(shape)
     try:
         config_lib.validate(config, n)
     except config_lib.ConfigError as e:
         print(f"note: the config does not validate on this mesh: {e}")
     t = time.perf_counter()
-    trainer = build_trainer(config, shape)
-    leaves = state_leaves(trainer)
+    stand_in = stand_ins(config, config_path, _given(options))
     mesh = abstract_mesh(shape)
+    trainer = build_trainer(config, mesh, stand_in)
+    leaves = state_leaves(trainer)
     check_against_trainer(trainer, leaves, mesh)
     print(
         f"config: stage {config.stage}, global batch {config.train.batch_size}, "
         f"{config.compute_dtype}; trainer {type(trainer).__name__} on "
         f"{type(trainer.mesh).__name__} {dict(trainer.mesh.shape)} "
-        f"({time.perf_counter() - t:.1f} s, "
-        f"{'no devices used' if isinstance(trainer.mesh, AbstractMesh) else 'one CPU device'})"
+        f"({time.perf_counter() - t:.1f} s, no devices used)"
     )
-    print_plan(plan(leaves, mesh), leaves, _TOP.value)
-    if _LOWER.value and isinstance(trainer.mesh, AbstractMesh):
-        seconds, size = lower_on_abstract_mesh(trainer, config, _PLATFORM.value)
+    print_plan(plan(leaves, mesh), leaves, options.top)
+    frozen = frozen_leaves(trainer)
+    if frozen:
+        print("\nfrozen weights (outside the trained state):")
+        print_plan(plan(frozen, mesh), frozen, options.top)
+    if options.lower_on_abstract_mesh:
+        seconds, size = lower_on_abstract_mesh(trainer, config, options.lowering_platform)
         print(
             f"\nlowering: the train step lowers on the abstract mesh for "
-            f"{_PLATFORM.value} in {seconds:.0f} s ({size / 1e6:.1f} MB of StableHLO)"
+            f"{options.lowering_platform} in {seconds:.0f} s ({size / 1e6:.1f} MB of StableHLO)"
         )
-    if _ACTIVATIONS.value:
-        print_activations(config, shape)
+    if options.activations:
+        print_activations(config, shape, stand_in)
 
 
-def run_sweep(config, sizes: list[int]) -> None:
-    trainer = build_trainer(config, (1, sizes[0], 1))
-    leaves = state_leaves(trainer)
+def sweep_table(title: str, leaves: list[Leaf], sizes: list[int], top: int = 8) -> None:
     plans = [plan(leaves, abstract_mesh((1, f, 1))) for f in sizes]
     groups = sorted(plans[0].per_group, key=group_order)
     base = plans[0].total_global
-    print(
-        f"Per-device state (MiB) vs fsdp; {config.stage}, data = tensor = 1; "
-        f"from the logical axis specs (no devices).\n"
-    )
+    print(f"{title}\n")
     head = ["fsdp", *groups, "total", "ideal total/fsdp", "total / ideal", "whole (not divisible)"]
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
@@ -472,22 +507,51 @@ def run_sweep(config, sizes: list[int]) -> None:
     last = plans[-1]
     if last.not_divisible:
         print(f"\nAt fsdp={sizes[-1]}, the largest leaves that stay whole:")
-        for leaf, nbytes in sorted(last.not_divisible, key=lambda x: -x[1])[: _TOP.value]:
+        for leaf, nbytes in sorted(last.not_divisible, key=lambda x: -x[1])[:top]:
             print(f"  {'/'.join(leaf.path)} {leaf.shape} {leaf.names}: {fmt(nbytes)}")
+
+
+def run_sweep(config, sizes: list[int], config_path: str | None, options) -> None:
+    stand_in = stand_ins(config, config_path, _given(options))
+    trainer = build_trainer(config, abstract_mesh((1, sizes[0], 1)), stand_in)
+    sweep_table(
+        f"Per-device trained state (MiB) vs fsdp; {config.stage}, data = tensor = 1; "
+        "from the logical axis specs (no devices).",
+        state_leaves(trainer),
+        sizes,
+        options.top,
+    )
+    frozen = frozen_leaves(trainer)
+    if frozen:
+        print()
+        sweep_table(
+            "Per-device frozen weights (MiB) vs fsdp (LLM and earlier stages, placed by their "
+            "logical axes; not in the optimizer).",
+            frozen,
+            sizes,
+            options.top,
+        )
+
+
+def _given(options) -> dict:
+    return {"autoencoder": options.ae_config, "representation": options.repr_config}
 
 
 def main(argv) -> None:
     del argv
-    config = _CONFIG.value
+    options = flags.FLAGS
+    config = options.config
     if config is None:
         raise SystemExit(
             "usage: memory_plan.py --config configs/X.py (--mesh ... | --devices N | --sweep 1,2,4)"
         )
-    if _SWEEP.value:
-        run_sweep(config, [int(x) for x in _SWEEP.value])
+    path = options["config"].config_filename
+    if options.sweep:
+        run_sweep(config, [int(x) for x in options.sweep], path, options)
     else:
-        run_single(config, parse_mesh(_MESH.value, _DEVICES.value, config))
+        run_single(config, parse_mesh(options.mesh, options.devices, config), path, options)
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

@@ -15,6 +15,10 @@ def get_config():
     c.compute_dtype = "bfloat16"
     c.llm.dtype = "bfloat16"
     c.llm.param_dtype = "bfloat16"
+    c.autoencoder.dtype = "bfloat16"  # frozen stage 1: bf16 compute and weights
+    c.autoencoder.param_dtype = "bfloat16"
+    c.representation.dtype = "bfloat16"
+    c.representation.param_dtype = "bfloat16"
     c.flow_loss.stop_pos_weight = 10.0
     c.data.path = "data/librispeech"
     c.data.crop_seconds = 20.0

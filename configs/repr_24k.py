@@ -14,6 +14,9 @@ def get_config():
     c.compute_dtype = "bfloat16"
     c.llm.dtype = "bfloat16"
     c.llm.param_dtype = "bfloat16"
+    c.encoder.scan_layers = True  # one compiled block for the 12
+    c.autoencoder.dtype = "bfloat16"  # frozen stage 1: bf16 compute and weights
+    c.autoencoder.param_dtype = "bfloat16"
     c.data.path = "data/librispeech"
     c.data.crop_seconds = 20.0
     c.data.eval_max_seconds = 20.0

@@ -135,6 +135,14 @@ def autoencoder_defaults() -> ml_collections.ConfigDict:
     return c
 
 
+def _frozen_precision(group: ml_collections.ConfigDict) -> None:
+    """Precision of a frozen earlier stage run inside this stage's steps (no gradients for its
+    weights, which stay outside the optimizer)."""
+    group.dtype = ""  # compute dtype: "" = as trained (its export's compute_dtype), or
+    # "float32" / "bfloat16"
+    group.param_dtype = "float32"  # storage dtype of its weights ("bfloat16" halves them)
+
+
 def train_defaults() -> ml_collections.ConfigDict:
     t = ml_collections.ConfigDict()
     t.steps = 100_000
@@ -171,6 +179,7 @@ def representation_defaults() -> ml_collections.ConfigDict:
 
     c.autoencoder = ml_collections.ConfigDict()
     c.autoencoder.workdir = ""  # stage-1 workdir; its export/ (weights + config) is read
+    _frozen_precision(c.autoencoder)
 
     c.llm = ml_collections.ConfigDict()
     c.llm.path = "smollm2"  # GGUF file, Hugging Face directory, or "smollm2"
@@ -194,10 +203,11 @@ def representation_defaults() -> ml_collections.ConfigDict:
     c.encoder.rope_theta = 10000.0
     c.encoder.norm_eps = 1e-5
     c.encoder.remat = "none"  # its blocks: none, full, dots_saveable
-    # One nn.scan over the blocks: parameters at encoder/layers/..., stacked over the blocks.
-    # Checkpoints and exports of per-layer encoders (encoder/layers_0, ...; before this key
-    # existed) need scan_layers=False, or llm.stack_layer_params to convert them.
-    c.encoder.scan_layers = True
+    # One nn.scan over the blocks: parameters at encoder/layers/..., stacked over the blocks
+    # (a different parameter tree: checkpoints of per-layer encoders, encoder/layers_0, ...,
+    # restore with False only; f3_jax.models.llm.stack_layer_params converts them). Exports
+    # record it, so they load either way. Off by default so that existing runs restore.
+    c.encoder.scan_layers = False
 
     c.quantizer = ml_collections.ConfigDict()
     c.quantizer.seed = 1234  # the targets depend on this only
@@ -243,8 +253,10 @@ def flow_defaults() -> ml_collections.ConfigDict:
 
     c.autoencoder = ml_collections.ConfigDict()
     c.autoencoder.workdir = ""  # stage-1 workdir (export/ read); must be stage 2's autoencoder
+    _frozen_precision(c.autoencoder)
     c.representation = ml_collections.ConfigDict()
     c.representation.workdir = ""  # stage-2 workdir (export/ read)
+    _frozen_precision(c.representation)  # its encoder, downsampler and adapter
 
     c.llm = ml_collections.ConfigDict()
     c.llm.path = "smollm2"  # the LLM stage 2's adapter was trained for
@@ -373,6 +385,14 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
         raise ConfigError(f"config.data.crop_mode={config.data.crop_mode!r}: random or utterance")
     if config.optim.schedule not in ("constant", "cosine"):
         raise ConfigError(f"config.optim.schedule={config.optim.schedule!r}: constant or cosine")
+    for key in _DTYPE_KEYS[config.stage]:
+        group, name = key.split(".")
+        allowed = ("float32", "bfloat16") + (("",) if name == "dtype" and group != "llm" else ())
+        if config[group][name] not in allowed:
+            raise ConfigError(
+                f"config.{key}={config[group][name]!r}: "
+                + " or ".join(repr(a) if not a else a for a in allowed)
+            )
     for key in _REMAT_KEYS[config.stage]:
         group, name = key.split(".")
         value = config[group][name]
@@ -386,6 +406,23 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
         _validate_flow(config)
 
 
+_DTYPE_KEYS = {
+    "autoencoder": (),
+    "representation": (
+        "llm.dtype",
+        "llm.param_dtype",
+        "autoencoder.dtype",
+        "autoencoder.param_dtype",
+    ),
+    "flow": (
+        "llm.dtype",
+        "llm.param_dtype",
+        "autoencoder.dtype",
+        "autoencoder.param_dtype",
+        "representation.dtype",
+        "representation.param_dtype",
+    ),
+}
 _REMAT_KEYS = {
     "autoencoder": ("model.remat",),
     "representation": ("encoder.remat", "llm.remat"),

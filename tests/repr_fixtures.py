@@ -22,11 +22,15 @@ def write_frozen_models(root: str) -> tuple[str, str]:
     if not os.path.exists(os.path.join(ae_dir, checkpoint.EXPORT_DIR, "config.json")):
         ae_config = tiny_ae_config()
         crop = round(ae_config.data.crop_seconds * ae_config.sample_rate)
-        variables = Autoencoder.from_config(ae_config).init(
-            {"params": jax.random.key(0), "noise": jax.random.key(1)},
-            jnp.zeros((1, crop)),
-            train=False,
+        model = Autoencoder.from_config(ae_config)
+        init = jax.jit(  # jitted: eager init runs op by op, slowly on CPU
+            lambda: model.init(
+                {"params": jax.random.key(0), "noise": jax.random.key(1)},
+                jnp.zeros((1, crop)),
+                train=False,
+            )
         )
+        variables = init()
         checkpoint.write_export(ae_dir, nn.unbox(variables), ae_config, 0)
     if not os.path.exists(os.path.join(llm_dir, "config.json")):
         llm_config = tiny_config()

@@ -192,3 +192,23 @@ def test_bad_remat_value_is_named(stage, key):
     c[group][name] = "everything"
     with pytest.raises(config_lib.ConfigError, match=rf"config\.{key}='everything'"):
         config_lib.validate(c, 1)
+
+
+def test_jaxpr_flops_count_every_scanned_layer():
+    """XLA's cost analysis counts a loop body once; the step FLOP count must not."""
+    from f3_jax.trainers.common import jaxpr_flops
+
+    def scanned(w, x):
+        return jax.lax.scan(lambda c, wi: (jnp.tanh(c @ wi), None), x, w)[0].sum()
+
+    w, x = jnp.ones((6, 32, 32)), jnp.ones((4, 32))
+    forward = 6 * 2 * 4 * 32 * 32
+    assert jaxpr_flops(jax.make_jaxpr(scanned)(w, x)) == forward
+    # gradient of a rematerialized scan: forward, recomputed forward, two transposed products
+    grad = jax.make_jaxpr(jax.grad(jax.checkpoint(scanned), argnums=(0, 1)))(w, x)
+    assert jaxpr_flops(grad) == 4 * forward
+    conv = lambda k, x: jax.lax.conv_general_dilated(
+        x, k, (1,), "SAME", dimension_numbers=("NWC", "WIO", "NWC")
+    )
+    k, xs = jnp.ones((3, 4, 5)), jnp.ones((2, 10, 4))
+    assert jaxpr_flops(jax.make_jaxpr(conv)(k, xs)) == 2 * 2 * 10 * 5 * 3 * 4

@@ -48,6 +48,8 @@ def _weight_norm_params(module: nn.Module, shape: tuple[int, ...], names: tuple[
         return jnp.sqrt(jnp.sum(jnp.square(v), axis=norm_axes))
 
     g = module.param("g", nn.with_logical_partitioning(g_init, ("channels",)), (shape[-1],))
+    # In float32 whatever the stored dtype (frozen bf16 copies): the norm sums many squares.
+    v, g = v.astype(jnp.float32), g.astype(jnp.float32)
     # eps under the sqrt: a direction driven to zero must not give NaN gradients.
     scale = g / jnp.sqrt(jnp.sum(jnp.square(v), axis=norm_axes) + 1e-12)
     return v * scale

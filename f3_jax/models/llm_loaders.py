@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from safetensors import safe_open
@@ -53,27 +54,46 @@ def load_llm(
     dtype: str = "float32",
     remat: str = "none",
     scan_layers: bool = False,
+    abstract: bool = False,
 ) -> tuple[LLMConfig, dict, TextTokenizer]:
     """(config, {"params": ...} of plain arrays, tokenizer) from a GGUF file or HF directory.
 
     With `mesh`, each parameter is placed with the shardings of `llm_shardings(config, mesh)`;
     without, on the default device. `dtype` is the compute dtype stored in the config, `remat`
     and `scan_layers` how its layers run (see LLMConfig): with scan_layers the per-layer file
-    tensors are stacked on a leading "layers" axis, one parameter kind at a time.
+    tensors are stacked on a leading "layers" axis, one parameter kind at a time. abstract:
+    no tensor is read; the parameters are ShapeDtypeStructs with those shardings (`mesh` may
+    then be an AbstractMesh), for planning and compiling without the weights.
     """
     if path == "smollm2":
         path = smollm2_path()
     run = {"remat": remat, "scan_layers": scan_layers}
     if os.path.isdir(path):
-        return _load_hf(path, mesh, param_dtype, dtype, run)
+        return _load_hf(path, mesh, param_dtype, dtype, run, abstract)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no LLM weights at {path!r} (GGUF file or HF model directory)")
     gf = GGUFFile(path)
     config = dataclasses.replace(gf.config(dtype), **run)
+    if abstract:
+        return config, abstract_placed_params(config, mesh, param_dtype), gf.tokenizer()
     params = _place(
         config, gf.names(), lambda n: (gf.tensor(n), path), "gguf", path, mesh, param_dtype
     )
     return config, params, gf.tokenizer()
+
+
+def abstract_placed_params(config: LLMConfig, mesh: Mesh | None, param_dtype: str) -> dict:
+    """ShapeDtypeStructs of the {"params": ...} tree `load_llm` would place on `mesh`."""
+    is_box = lambda x: isinstance(x, nn.LogicallyPartitioned)
+
+    def one(box):
+        shape = box.value.shape
+        sharding = None
+        if mesh is not None:
+            sharding = NamedSharding(mesh, logical_to_spec(box.names, shape, mesh))
+        return jax.ShapeDtypeStruct(shape, np.dtype(jnp.dtype(param_dtype)), sharding=sharding)
+
+    return jax.tree.map(one, abstract_params(config), is_leaf=is_box)
 
 
 def _place(
@@ -205,12 +225,15 @@ def config_from_hf(cfg: dict, dtype: str = "float32", file: str = "config.json")
     )
 
 
-def _load_hf(directory: str, mesh, param_dtype: str, dtype: str, run: dict):
+def _load_hf(directory: str, mesh, param_dtype: str, dtype: str, run: dict, abstract: bool):
     config_file = os.path.join(directory, "config.json")
     if not os.path.isfile(config_file):
         raise LLMLoadError(f"{directory}: no config.json (not a Hugging Face model directory)")
     with open(config_file) as f:
         config = dataclasses.replace(config_from_hf(json.load(f), dtype, config_file), **run)
+    if abstract:
+        params = abstract_placed_params(config, mesh, param_dtype)
+        return config, params, _hf_tokenizer(directory, config)
     files = _safetensors_files(directory)
     where: dict[str, str] = {}
     for file in files:

@@ -10,22 +10,31 @@ The train loop (f3_jax/train.py) and the benchmarks use only this interface of a
   eval_samples(writer, step, local, outputs, state) -> dict   samples of a first valid batch
   export(workdir, state, step)                WORKDIR/export for inference
   parameter_count(), step_flops(state, batch, step)
+  logical_state()                             the state's shapes with logical axis names
+  lower_train_step(batch, step, **lower_kw)   the step lowered from shapes (planning, compiling)
+
+`create(config, mesh, abstract_frozen=True)` builds a trainer whose frozen earlier stages are
+ShapeDtypeStructs (no weights read; its steps lower and compile but cannot run); it is the only
+way on a `jax.sharding.AbstractMesh`. `stand_ins` ({"autoencoder": stage-1 config,
+"representation": stage-2 config}) replace the exports' configs then, so a run can be planned
+before its earlier stages exist.
 """
 
 from __future__ import annotations
 
 
-def create(config, mesh):
+def create(config, mesh, *, abstract_frozen: bool = False, stand_ins: dict | None = None):
     if config.stage == "autoencoder":
         from f3_jax.trainers.autoencoder import AutoencoderTrainer
 
         return AutoencoderTrainer(config, mesh)
+    kwargs = {"abstract_frozen": abstract_frozen, "stand_ins": stand_ins}
     if config.stage == "representation":
         from f3_jax.trainers.representation import RepresentationTrainer
 
-        return RepresentationTrainer(config, mesh)
+        return RepresentationTrainer(config, mesh, **kwargs)
     if config.stage == "flow":
         from f3_jax.trainers.flow import FlowTrainer
 
-        return FlowTrainer(config, mesh)
+        return FlowTrainer(config, mesh, **kwargs)
     raise ValueError(f"config.stage={config.stage!r} has no trainer")

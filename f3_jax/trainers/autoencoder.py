@@ -75,6 +75,23 @@ class AutoencoderTrainer:
         """The state's shapes on this mesh's shardings: the target of a restore."""
         return common.abstract_like(self.shardings, self._abstract)
 
+    def logical_state(self) -> dict:
+        """The state's shapes with each parameter's logical axis names (nn.LogicallyPartitioned
+        boxes), from tracing alone: what memory planning reads."""
+        return jax.eval_shape(self._boxed_state)
+
+    def lower_train_step(self, batch: dict, step: int = 0, **lower_kwargs):
+        """The train step at global `step` for `batch` (arrays or ShapeDtypeStructs) lowered
+        from the abstract state: compile it for its memory and cost analysis, or lower it for
+        another platform (lowering_platforms=...)."""
+        state = self.abstract_state()
+        batch = {k: batch[k] for k in BATCH_KEYS}
+        with common.mesh_context(self.mesh):
+            traced = self._steps[self.adversarial_on(step)].trace(
+                state["gen"], state["disc"], _counters(state), batch
+            )
+            return traced.lower(**lower_kwargs)
+
     # ---- losses ------------------------------------------------------------------------
     def _stft_sizes(self, adversarial_on: bool) -> tuple[int, ...]:
         """FFT sizes of every spectrum a step reads (losses, and discriminators when on)."""
@@ -310,13 +327,15 @@ class AutoencoderTrainer:
             )
 
     def step_flops(self, state: dict, batch: dict, step: int) -> float:
-        """FLOPs of one train step (generator + discriminator) from XLA's cost analysis."""
+        """Per-device FLOPs of one train step: matrix products and convolutions counted from
+        its jaxpr (`common.jaxpr_flops`), generator and discriminator updates, divided by the
+        mesh's devices."""
         on = self.adversarial_on(step)
         batch = {k: batch[k] for k in BATCH_KEYS}
-        with jax.set_mesh(self.mesh):
-            return _cost_flops(
-                self._steps[on], state["gen"], state["disc"], _counters(state), batch
-            )
+        fn = functools.partial(self._train_step, adversarial_on=on)
+        return common.step_flops(
+            fn, self.mesh, state["gen"], state["disc"], _counters(state), batch
+        )
 
     def parameter_count(self) -> int:
         return sum(int(x.size) for x in jax.tree.leaves(self._abstract["gen"]["params"]))
@@ -367,9 +386,3 @@ COUNTER_KEYS = ("step", "rng", "skipped_gen", "skipped_disc")
 
 def _counters(state: dict) -> dict:
     return {k: state[k] for k in COUNTER_KEYS}
-
-
-def _cost_flops(jitted, *args) -> float:
-    cost = jitted.lower(*args).compile().cost_analysis()
-    cost = cost[0] if isinstance(cost, list) else cost
-    return float(cost.get("flops", 0.0)) if cost else 0.0

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import flax.linen as nn
 import jax
+import jax.extend.core as jex_core
 import jax.numpy as jnp
 import optax
+from jax.sharding import AbstractMesh
 
 from f3_jax import parallel
 from f3_jax.models.llm_prompt import tokenize_texts
@@ -67,6 +70,18 @@ def state_layout(make_boxed_state: Callable[[], dict], mesh) -> tuple[dict, dict
     return nn.unbox(abstract_boxed), shardings
 
 
+def mesh_context(mesh):
+    """`jax.set_mesh` for a concrete mesh, `use_abstract_mesh` for an AbstractMesh (tracing and
+    lowering only)."""
+    if isinstance(mesh, AbstractMesh):
+        return jax.sharding.use_abstract_mesh(mesh)
+    return jax.set_mesh(mesh)
+
+
+def is_abstract(mesh) -> bool:
+    return isinstance(mesh, AbstractMesh)
+
+
 def sharded_init(make_boxed_state: Callable[[], dict], mesh, shardings) -> dict:
     """Builds the state directly on its shardings (no device ever holds all of it)."""
     init = jax.jit(lambda: nn.unbox(make_boxed_state()), out_shardings=shardings)
@@ -92,3 +107,45 @@ def text_batch(local: dict, tokenizer, max_text_tokens: int) -> dict:
     else:
         inputs = {"audio": local["audio"], "mask": local["mask"]}
     return inputs | {"text_ids": ids, "text_mask": mask}
+
+
+def jaxpr_flops(closed_jaxpr) -> float:
+    """FLOPs of the matrix products and convolutions of a (closed) jaxpr: 2 * multiply-adds,
+    counted through every sub-jaxpr, a scan's body `length` times, a cond's costliest branch.
+
+    XLA's cost analysis counts a loop's body once, so it misses all but one iteration of
+    scanned layers (`scan_layers`) and of chunked losses; this count does not. Elementwise
+    work is left out; rematerialized (recomputed) products are counted where they run.
+    """
+    jaxpr = getattr(closed_jaxpr, "jaxpr", closed_jaxpr)
+    total = 0.0
+    for eqn in jaxpr.eqns:
+        name = eqn.primitive.name
+        if name == "dot_general":
+            (contract, _), _ = eqn.params["dimension_numbers"]
+            lhs = eqn.invars[0].aval
+            k = math.prod(lhs.shape[d] for d in contract)
+            total += 2.0 * math.prod(eqn.outvars[0].aval.shape) * k
+        elif name == "conv_general_dilated":
+            rhs = eqn.invars[1].aval
+            spec = eqn.params["dimension_numbers"].rhs_spec  # (out, in, spatial...)
+            per_output = rhs.shape[spec[1]] * math.prod(rhs.shape[d] for d in spec[2:])
+            total += 2.0 * math.prod(eqn.outvars[0].aval.shape) * per_output
+        elif name == "scan":
+            total += eqn.params["length"] * jaxpr_flops(eqn.params["jaxpr"])
+        elif name == "cond":
+            total += max(jaxpr_flops(b) for b in eqn.params["branches"])
+        else:
+            for value in eqn.params.values():
+                for sub in value if isinstance(value, (tuple, list)) else (value,):
+                    if isinstance(sub, (jex_core.Jaxpr, jex_core.ClosedJaxpr)):
+                        total += jaxpr_flops(sub)
+    return total
+
+
+def step_flops(fn, mesh, *args) -> float:
+    """Per-device FLOPs of one call of `fn(*args)` (arrays or ShapeDtypeStructs): the global
+    `jaxpr_flops` divided by the devices of `mesh` (the step is split over all of them)."""
+    with mesh_context(mesh):
+        closed = jax.make_jaxpr(fn)(*args)
+    return jaxpr_flops(closed) / max(1, math.prod(mesh.shape.values()))

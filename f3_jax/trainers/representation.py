@@ -52,10 +52,21 @@ class RepresentationTrainer:
 
     total_loss_key = "loss/total"
 
-    def __init__(self, config, mesh):
+    def __init__(self, config, mesh, *, abstract_frozen=False, stand_ins=None):
+        """abstract_frozen, stand_ins: see f3_jax.trainers.create."""
         self.config = config
         self.mesh = mesh
-        self.ae = frozen.FrozenAutoencoder(config.autoencoder.workdir, config.sample_rate, mesh)
+        abstract = abstract_frozen or common.is_abstract(mesh)
+        ac = config.autoencoder
+        self.ae = frozen.FrozenAutoencoder(
+            ac.workdir,
+            config.sample_rate,
+            mesh,
+            dtype=ac.dtype,
+            param_dtype=ac.param_dtype,
+            abstract=abstract,
+            stand_in=(stand_ins or {}).get("autoencoder"),
+        )
         lc = config.llm
         self.llm_config, self.llm_params, self.text_tokenizer = load_llm(
             lc.path,
@@ -64,6 +75,7 @@ class RepresentationTrainer:
             dtype=lc.dtype,
             remat=lc.remat,
             scan_layers=lc.scan_layers,
+            abstract=abstract,
         )
         self.llm = LLM(self.llm_config)
         self.instruction_ids = np.asarray(self.text_tokenizer.encode(lc.instruction), np.int32)
@@ -111,6 +123,25 @@ class RepresentationTrainer:
 
     def initial_state(self) -> dict:
         return common.sharded_init(self._boxed_state, self.mesh, self.shardings)
+
+    def logical_state(self) -> dict:
+        """The state's shapes with each parameter's logical axis names (nn.LogicallyPartitioned
+        boxes), from tracing alone: what memory planning reads."""
+        return jax.eval_shape(self._boxed_state)
+
+    def lower_train_step(self, batch: dict, step: int = 0, **lower_kwargs):
+        """The train step for `batch` (arrays or ShapeDtypeStructs) lowered from the abstract
+        state and the frozen weights (arrays or ShapeDtypeStructs): compile it for its memory
+        and cost analysis, or lower it for another platform (lowering_platforms=...)."""
+        state = self.abstract_state()
+        trained = {k: state[k] for k in ("step", "rng", "skipped", "params", "opt")}
+        with_llm = bool(batch[VARIANT_KEY].item()) if VARIANT_KEY in batch else True
+        keys = _keys_of(batch)
+        batch = {k: batch[k] for k in keys}
+        with common.mesh_context(self.mesh):
+            jitted = self._steps[with_llm, keys]
+            traced = jitted.trace(trained, state["quantizer"], self.frozen(), batch)
+            return traced.lower(**lower_kwargs)
 
     def abstract_state(self) -> dict:
         return common.abstract_like(self.shardings, self._abstract)
@@ -338,15 +369,14 @@ class RepresentationTrainer:
         return sum(int(x.size) for x in jax.tree.leaves(self._abstract["params"]))
 
     def step_flops(self, state: dict, batch: dict, step: int) -> float:
+        """Per-device FLOPs of one train step: matrix products and convolutions counted from
+        its jaxpr (`common.jaxpr_flops`: every iteration of scanned layers and chunked losses,
+        which XLA's cost analysis counts once), divided by the mesh's devices."""
         trained = {k: state[k] for k in ("step", "rng", "skipped", "params", "opt")}
         keys = _keys_of(batch)
         batch = {k: batch[k] for k in keys}
-        with jax.set_mesh(self.mesh):
-            jitted = self._steps[True, keys]
-            lowered = jitted.lower(trained, state["quantizer"], self.frozen(), batch)
-            cost = lowered.compile().cost_analysis()
-        cost = cost[0] if isinstance(cost, list) else cost
-        return float(cost.get("flops", 0.0)) if cost else 0.0
+        fn = functools.partial(self._train_step, with_llm=True)
+        return common.step_flops(fn, self.mesh, trained, state["quantizer"], self.frozen(), batch)
 
 
 def _keys_of(batch: dict) -> tuple[str, ...]:
