@@ -4,7 +4,8 @@ Every parameter is created with `flax.linen.with_logical_partitioning` and a tup
 axis names from `LOGICAL_AXES`. `RULES` maps those names to the mesh axes
 ("data", "fsdp", "tensor"). A mesh axis that does not divide a dimension is dropped for that
 dimension (the dimension is then replicated), so small layers (a 1-channel input convolution)
-never make a config unshardable.
+never make a config unshardable; a leaf that loses "fsdp" that way takes it on another
+dimension that it divides (`logical_to_spec`).
 """
 
 from __future__ import annotations
@@ -75,12 +76,19 @@ def _axis_size(mesh: Mesh, axes) -> int:
 def logical_to_spec(
     logical_axes: Sequence[str | None], shape: Sequence[int], mesh: Mesh
 ) -> PartitionSpec:
-    """PartitionSpec of one array; mesh axes that don't divide their dimension are dropped."""
+    """PartitionSpec of one array; mesh axes that don't divide their dimension are dropped.
+
+    A leaf meant for "fsdp" whose fsdp dimension is not divisible (a 64-channel kernel at
+    fsdp=128, SmolLM2's 576-wide embedding at fsdp=256) takes "fsdp" on its largest other
+    dimension that it divides, so the state keeps falling as 1/fsdp on large meshes.
+    """
     used: set[str] = set()
-    spec = []
+    spec: list = []
+    wants_fsdp = False
     for name, dim in zip(logical_axes, shape):
         axes = _mesh_axes_for(name)
-        flat = (axes,) if isinstance(axes, str) else tuple(axes or ())
+        flat = _flat(axes)
+        wants_fsdp |= "fsdp" in flat
         if (
             axes is None
             or any(a in used for a in flat)
@@ -91,7 +99,32 @@ def logical_to_spec(
             continue
         used.update(flat)
         spec.append(axes)
+    if wants_fsdp and "fsdp" not in used and mesh.shape["fsdp"] > 1:
+        _fsdp_fallback(spec, logical_axes, shape, mesh)
     return PartitionSpec(*spec)
+
+
+def _flat(axes) -> tuple[str, ...]:
+    return (axes,) if isinstance(axes, str) else tuple(axes or ())
+
+
+# Never split over fsdp as a fallback: scanned layer stacks (scan slices them one per step)
+# and the short kernel/head dimensions.
+_NO_FSDP_FALLBACK = ("layers", "conv_width", "conv_freq", "head_dim")
+
+
+def _fsdp_fallback(spec: list, logical_axes, shape, mesh: Mesh) -> None:
+    """Put "fsdp" on the largest dimension it divides (with what that dimension already has)."""
+    best = None
+    for i, (name, dim) in enumerate(zip(logical_axes, shape)):
+        if name in _NO_FSDP_FALLBACK:
+            continue
+        axes = _flat(spec[i]) + ("fsdp",)
+        if dim % _axis_size(mesh, axes) == 0 and (best is None or dim > shape[best[0]]):
+            best = (i, axes)
+    if best is not None:
+        i, axes = best
+        spec[i] = axes if len(axes) > 1 else axes[0]
 
 
 def shardings_of(boxed_tree, mesh: Mesh):
