@@ -24,7 +24,8 @@ variant with the LLM term), per device: the compiled module is the per-device SP
 MFU compares them with DEVICE_PEAKS (dense bf16); devices without an entry (CPUs) print n/a,
 and the achieved GFLOP/s is printed for comparing CPU runs. Peak memory is the device's
 peak_bytes_in_use where it reports one (GPU, TPU), else the process's max RSS (CPU: includes
-the frozen LLM and compiler memory). A fresh persistent compilation cache
+the frozen LLM and compiler memory); the compiled step's buffer sizes (temporaries,
+arguments, outputs: XLA's memory_analysis) follow it. A fresh persistent compilation cache
 (--compilation_cache) lets the FLOP count reuse the step's executable.
 """
 
@@ -248,7 +249,25 @@ def measure(config, mesh, steps: int, adversarial: bool = True, latents: bool = 
     t = time.perf_counter()
     flops = float(trainer.step_flops(state, batch, step0))
     flops_s = time.perf_counter() - t
-    return figures(config, mesh, trainer, step_s, first_s, setup_s, flops, flops_s, len(times))
+    f = figures(config, mesh, trainer, step_s, first_s, setup_s, flops, flops_s, len(times))
+    return f | compiled_memory(trainer, batch, step0)
+
+
+def compiled_memory(trainer, batch: dict, step: int) -> dict:
+    """XLA's buffer assignment of the compiled step, per device, in GiB: temporaries
+    (activations kept for the backward pass, workspace), arguments (state, batch, frozen
+    weights) and outputs. Unlike peak memory it does not depend on what else the process
+    holds, so it shows what remat, scan and dtypes change (read from the compilation cache)."""
+    analysis = trainer.lower_train_step(batch, step).compile().memory_analysis()
+    if analysis is None:  # backends without buffer statistics
+        return {}
+    gib = lambda n: float(n) / 2**30
+    return {
+        "temp_gib": gib(analysis.temp_size_in_bytes),
+        "argument_gib": gib(analysis.argument_size_in_bytes),
+        "output_gib": gib(analysis.output_size_in_bytes),
+        "alias_gib": gib(analysis.alias_size_in_bytes),
+    }
 
 
 def figures(config, mesh, trainer, step_s, first_s, setup_s, flops, flops_s, n_timed) -> dict:
@@ -306,6 +325,12 @@ def report(f: dict) -> str:
         f"MFU               {mfu}",
         f"peak memory       {f['peak_memory_gib']:.2f} GiB ({f['peak_memory_source']})",
     ]
+    if "temp_gib" in f:
+        lines.append(
+            f"compiled step     temporaries {f['temp_gib']:.3f} GiB, arguments "
+            f"{f['argument_gib']:.3f} GiB, outputs {f['output_gib']:.3f} GiB "
+            f"({f['alias_gib']:.3f} GiB of them donated) per device"
+        )
     return "\n".join(lines)
 
 

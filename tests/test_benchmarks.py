@@ -112,6 +112,30 @@ def _check(figures, stage):
     text = train_step.report(figures)
     for label in ("step time", "compile", "audio-s/s/device", "FLOPs/step", "MFU", "peak memory"):
         assert label in text
+    assert figures["temp_gib"] > 0 and figures["argument_gib"] > 0
+    assert "compiled step     temporaries" in text
+
+
+def test_compiled_memory_counts_the_step_buffers():
+    """Temporaries grow with what the step keeps alive; arguments are the inputs' bytes."""
+
+    class Stepper:
+        def __init__(self, n):
+            self.n = n
+
+        def lower_train_step(self, batch, step):
+            def loss(w, x):
+                for _ in range(self.n):  # n activations kept for the backward pass
+                    x = jnp.tanh(x @ w)
+                return jnp.sum(x)
+
+            return jax.jit(jax.grad(loss)).lower(batch["w"], batch["x"])
+
+    batch = {"w": jnp.ones((256, 256)), "x": jnp.ones((512, 256))}
+    small = train_step.compiled_memory(Stepper(1), batch, 0)
+    large = train_step.compiled_memory(Stepper(8), batch, 0)
+    assert small["argument_gib"] == pytest.approx((256 + 512) * 256 * 4 / 2**30)
+    assert large["temp_gib"] > small["temp_gib"] > 0
 
 
 # ---- train_step.py --------------------------------------------------------------------

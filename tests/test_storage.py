@@ -422,3 +422,26 @@ def test_tokenizer_from_remote_export(fake_gcs, tmp_path, monkeypatch):
     tok = Tokenizer.from_checkpoint("gs://bucket/ae")
     for got, want in zip(jax.tree.leaves(tok.variables), jax.tree.leaves(variables)):
         np.testing.assert_array_equal(got, want)
+
+
+def test_frozen_export_found_and_copied_on_remote_workdirs(fake_gcs, tmp_path):
+    """A stage-2/3 run reads its frozen stage from gs:// and copies it into its own export."""
+    from f3_jax.config import ConfigError
+    from f3_jax.trainers import frozen
+
+    src = "gs://bucket/ae/export"
+    files = _make_tree(src)
+    assert frozen.export_dir("gs://bucket/ae", "autoencoder.workdir", "stage 1") == src
+    assert frozen.export_dir(src, "autoencoder.workdir", "stage 1") == src  # an export itself
+    with pytest.raises(ConfigError, match="config.autoencoder.workdir='gs://bucket/none'"):
+        frozen.export_dir("gs://bucket/none", "autoencoder.workdir", "stage 1")
+
+    dest = "gs://bucket/repr/export/autoencoder"
+    frozen.copy_export(src, dest)
+    assert sorted(storage.walk_files(dest)) == sorted(files)
+    fake_gcs.published.clear()
+    frozen.copy_export(src, dest)  # the same weights already there: nothing uploaded
+    assert fake_gcs.published == []
+    local = tmp_path / "export" / "autoencoder"
+    frozen.copy_export(src, str(local))  # remote -> local
+    assert (local / "weights.safetensors").read_bytes() == files["weights.safetensors"]

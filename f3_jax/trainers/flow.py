@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from f3_jax import checkpoint, parallel
+from f3_jax import checkpoint, parallel, storage
 from f3_jax.config import ConfigError
 from f3_jax.data import latent_records
 from f3_jax.losses import spectral
@@ -118,8 +118,8 @@ class FlowTrainer:
     def _check_same_autoencoder(self) -> None:
         if self.rep.export_dir is None or self.ae.digest is None:  # stand-ins: nothing to check
             return
-        copy = os.path.join(self.rep.export_dir, "autoencoder", "weights.safetensors")
-        if os.path.exists(copy) and frozen.file_digest(copy) != self.ae.digest:
+        copy = storage.as_path(self.rep.export_dir, "autoencoder", "weights.safetensors")
+        if copy.exists() and frozen.file_digest(copy) != self.ae.digest:
             raise ConfigError(
                 f"config.autoencoder.workdir={self.config.autoencoder.workdir!r} is not the "
                 f"autoencoder stage 2 ({self.config.representation.workdir}) was trained on"

@@ -10,27 +10,19 @@ inference.
 
 from __future__ import annotations
 
-import hashlib
 import os
-import shutil
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from f3_jax import checkpoint, parallel
+from f3_jax import checkpoint, parallel, storage
 from f3_jax.config import ConfigError
 from f3_jax.models.adapter import Downsampler, LLMAdapter
 from f3_jax.models.autoencoder import Autoencoder
 from f3_jax.models.representation import RepresentationEncoder
 
-
-def file_digest(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+file_digest = storage.file_digest  # SHA-256 of an export's weights, local or remote
 
 
 def frame_mask(mask: jax.Array, hop: int) -> jax.Array:
@@ -40,11 +32,13 @@ def frame_mask(mask: jax.Array, hop: int) -> jax.Array:
 
 
 def export_dir(workdir: str, key: str, stage_name: str) -> str:
-    """WORKDIR/export (or WORKDIR itself when it is an export), else a ConfigError naming `key`."""
-    if os.path.exists(os.path.join(workdir, "weights.safetensors")):
+    """WORKDIR/export (or WORKDIR itself when it is an export), else a ConfigError naming `key`.
+
+    WORKDIR may be local or a gs:// URL."""
+    if storage.as_path(workdir, "weights.safetensors").exists():
         return workdir
     export = os.path.join(workdir, checkpoint.EXPORT_DIR)
-    if not os.path.exists(os.path.join(export, "config.json")):
+    if not storage.as_path(export, "config.json").exists():
         raise ConfigError(
             f"config.{key}={workdir!r} has no {checkpoint.EXPORT_DIR}/config.json: "
             f"train {stage_name} there first"
@@ -53,17 +47,16 @@ def export_dir(workdir: str, key: str, stage_name: str) -> str:
 
 
 def copy_export(source: str, dest: str) -> None:
-    """Copies the export directory `source` to `dest` unless the same weights are there."""
-    have = os.path.join(dest, "weights.safetensors")
-    if os.path.exists(have) and file_digest(have) == file_digest(
-        os.path.join(source, "weights.safetensors")
+    """Copies the export directory `source` to `dest` unless the same weights are there.
+
+    Either may be local or a gs:// URL (`storage.copy_tree`: config.json is written last, so a
+    reader never takes a half-copied export for a whole one)."""
+    have = storage.as_path(dest, "weights.safetensors")
+    if have.exists() and file_digest(have) == file_digest(
+        storage.as_path(source, "weights.safetensors")
     ):
         return
-    tmp = dest + ".tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(source, tmp)
-    shutil.rmtree(dest, ignore_errors=True)
-    os.replace(tmp, dest)
+    storage.copy_tree(source, dest)
 
 
 def cast_floats(tree, dtype: str):
