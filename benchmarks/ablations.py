@@ -190,9 +190,7 @@ def table(group: Group, results: list[tuple[str, dict]]) -> str:
         )
     first = next((f for _, f in results if "error" not in f), {})
     where = f"{first.get('devices', '?')} x {first.get('device_kind', '?')}"
-    return f"{group.what} ({group.config}, {' '.join(group.base)}; {where})\n\n" + "\n".join(
-        rows
-    )
+    return f"{group.what} ({group.config}, {' '.join(group.base)}; {where})\n\n" + "\n".join(rows)
 
 
 def main(argv) -> None:

@@ -14,8 +14,10 @@ EMA) weights as safetensors and the config as JSON.
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import os
+from collections.abc import Callable
 from typing import Any
 
 import grain
@@ -205,6 +207,34 @@ def write_export(workdir: str, variables: dict, config, step: int) -> None:
     storage.write_bytes(out / "weights.safetensors", save(_flat_params(variables)), mode=0o644)
     record = config_record(config) | {"step": int(step)}
     storage.write_text(out / "config.json", json.dumps(record, indent=1), mode=0o644)
+
+
+class BackgroundWrites:
+    """Runs file writes (exports) on one background thread, one at a time, in order.
+
+    The train loop fetches an export's weights to the host at the step it is taken and lets
+    this write the files while the next steps run. A failed write is raised by the next
+    `submit` or by `wait`: an export is never lost silently.
+    """
+
+    def __init__(self):
+        self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="f3_export")
+        self._pending: concurrent.futures.Future | None = None
+
+    def submit(self, write: Callable[[], None]) -> None:
+        self.wait()
+        self._pending = self._pool.submit(write)
+
+    def wait(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
+
+    def close(self) -> None:
+        try:
+            self.wait()
+        finally:
+            self._pool.shutdown(wait=True)
 
 
 def read_export(path: str) -> tuple[dict, ml_collections.ConfigDict, int]:

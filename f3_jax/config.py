@@ -43,6 +43,8 @@ def data_defaults() -> ml_collections.ConfigDict:
     d.num_workers = 0  # Grain worker processes (0: in-process)
     d.read_threads = 4
     d.prefetch_buffer = 2
+    # Train batches put on the devices ahead of their step (f3_jax/prefetch.py); 0: none.
+    d.device_prefetch = 2
     d.eval_max_seconds = 8.0  # longer eval utterances are cut to this
     d.eval_bucket_seconds = (2.0, 4.0, 8.0)  # eval batches are padded to one of these
     d.eval_batch_size = 8
@@ -377,6 +379,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
         )
     if config.data.crop_seconds <= 0:
         raise ConfigError(f"config.data.crop_seconds={config.data.crop_seconds} must be > 0")
+    if config.data.get("device_prefetch", 0) < 0:
+        raise ConfigError(f"config.data.device_prefetch={config.data.device_prefetch} must be >= 0")
     if config.data.source not in ("array_record", "tfds"):
         raise ConfigError(f"config.data.source={config.data.source!r}: use array_record or tfds")
     if config.compute_dtype not in ("float32", "bfloat16"):

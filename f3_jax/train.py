@@ -23,6 +23,7 @@ from f3_jax import checkpoint, data, parallel, storage, trainers
 from f3_jax import config as config_lib
 from f3_jax.parallel import to_host
 from f3_jax.preemption import GCE_MAINTENANCE_URL, MaintenanceWatcher, PreemptionWatcher
+from f3_jax.prefetch import DevicePrefetch
 from f3_jax.summary import Progress, SummaryWriter
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -258,22 +259,31 @@ def train(config, workdir: str) -> None:
         state = ckpt.restore(start, trainer.abstract_state())
     else:
         state = trainer.initial_state()
+    batches = DevicePrefetch(
+        data_iter,
+        lambda local: parallel.global_batch(trainer.host_batch(local), mesh),
+        size=config.data.get("device_prefetch", 0),
+    )
 
     writer = SummaryWriter(os.path.join(workdir, "train"))
     if start == 0:
         writer.text(0, "config", "```\n" + str(config) + "\n```")
+    exports = checkpoint.BackgroundWrites()
     try:
-        run_steps(trainer, config, mesh, state, start, data_iter, ckpt, writer, workdir)
+        run_steps(trainer, config, mesh, state, start, batches, ckpt, exports, writer, workdir)
     finally:
         # Runs on errors too: an async save left running at interpreter shutdown fails with
         # "cannot schedule new futures after shutdown" and may leave a partial step behind.
         ckpt.wait()
         ckpt.close()
+        exports.close()
         data_iter.close()  # stops Grain's prefetch threads and worker processes now
         writer.close()
 
 
-def run_steps(trainer, config, mesh, state, start, data_iter, ckpt, writer, workdir) -> None:
+def run_steps(
+    trainer, config, mesh, state, start, batches: DevicePrefetch, ckpt, exports, writer, workdir
+) -> None:
     """Step / log / validate / checkpoint from `start` until train.steps or a stop request."""
     train_t = config.train
     progress = Progress(train_t.steps, train_t.batch_size * config.data.crop_seconds, start)
@@ -286,13 +296,14 @@ def run_steps(trainer, config, mesh, state, start, data_iter, ckpt, writer, work
         validate(trainer, config, mesh, state, 0, writer)
 
     for step in range(start, train_t.steps):
-        local = next(data_iter)
+        local, batch = next(batches)
         num_skipped_data = int(local.get("num_skipped", num_skipped_data))
         done = step + 1
         if _RECORD_BATCH_IDS.value:
             writer.batch_ids(done, local["id"])
-        batch = parallel.global_batch(trainer.host_batch(local), mesh)
         state, metrics = trainer.train_step(state, batch, step)
+        if done < train_t.steps:
+            batches.read_ahead()  # the next batches go to the devices while this step runs
         wait_on_cpu(metrics)
 
         if done % train_t.log_every == 0 or done == train_t.steps:
@@ -305,8 +316,9 @@ def run_steps(trainer, config, mesh, state, start, data_iter, ckpt, writer, work
             validate(trainer, config, mesh, state, done, writer)
         stop = preemption.should_stop(done)
         if done % train_t.checkpoint_every == 0 or done == train_t.steps or stop:
-            ckpt.save(done, state, data_iter, config, force=True)
-            trainer.export(workdir, state, done)
+            # Both return once the state is on the host; files are written in the background.
+            ckpt.save(done, state, batches.saved_state(), config, force=True)
+            exports.submit(trainer.export_later(workdir, state, done))
         if stop:
             logging.warning("stopping at step %d after saving a checkpoint", done)
             break

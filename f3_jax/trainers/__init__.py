@@ -9,6 +9,7 @@ The train loop (f3_jax/train.py) and the benchmarks use only this interface of a
   eval_step(state, batch) -> ({name: (value (B,), weight (B,))}, outputs)
   eval_samples(writer, step, local, outputs, state) -> dict   samples of a first valid batch
   export(workdir, state, step)                WORKDIR/export for inference
+  export_later(workdir, state, step) -> write weights on the host now, files when write() runs
   parameter_count(), step_flops(state, batch, step)
   logical_state()                             the state's shapes with logical axis names
   lower_train_step(batch, step, **lower_kw)   the step lowered from shapes (planning, compiling)

@@ -14,6 +14,7 @@ each of the two variants compiles once and neither wastes work.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -377,8 +378,13 @@ class AutoencoderTrainer:
 
     def export(self, workdir: str, state: dict, step: int) -> None:
         """WORKDIR/export: the generator's inference weights and the config."""
+        self.export_later(workdir, state, step)()
+
+    def export_later(self, workdir: str, state: dict, step: int) -> Callable[[], None]:
+        """Fetches the export's weights to the host now; the returned call writes the files
+        (so a background thread can, while the next steps run)."""
         variables = parallel.to_host(self.inference_variables(state))
-        checkpoint.write_export(workdir, variables, self.config, step)
+        return functools.partial(checkpoint.write_export, workdir, variables, self.config, step)
 
 
 COUNTER_KEYS = ("step", "rng", "skipped_gen", "skipped_disc")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -430,12 +431,20 @@ class FlowTrainer:
 
     def export(self, workdir: str, state: dict, step: int) -> None:
         """WORKDIR/export: the heads, the config, and copies of the frozen stages 1 and 2."""
+        self.export_later(workdir, state, step)()
+
+    def export_later(self, workdir: str, state: dict, step: int) -> Callable[[], None]:
+        """Fetches the weights to the host now; the returned call writes the files."""
         variables = parallel.to_host(self.inference_variables(state))
-        checkpoint.write_export(workdir, variables, self.config, step)
-        if jax.process_index() == 0:
-            out = os.path.join(workdir, checkpoint.EXPORT_DIR)
-            frozen.copy_export(self.ae.export_dir, os.path.join(out, "autoencoder"))
-            frozen.copy_export(self.rep.export_dir, os.path.join(out, "representation"))
+
+        def write() -> None:
+            checkpoint.write_export(workdir, variables, self.config, step)
+            if jax.process_index() == 0:
+                out = os.path.join(workdir, checkpoint.EXPORT_DIR)
+                frozen.copy_export(self.ae.export_dir, os.path.join(out, "autoencoder"))
+                frozen.copy_export(self.rep.export_dir, os.path.join(out, "representation"))
+
+        return write
 
     def parameter_count(self) -> int:
         return sum(int(x.size) for x in jax.tree.leaves(self._abstract["params"]))

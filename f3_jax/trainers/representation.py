@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -354,11 +355,19 @@ class RepresentationTrainer:
 
     def export(self, workdir: str, state: dict, step: int) -> None:
         """WORKDIR/export: this stage's weights and config, plus a copy of the frozen stage 1."""
+        self.export_later(workdir, state, step)()
+
+    def export_later(self, workdir: str, state: dict, step: int) -> Callable[[], None]:
+        """Fetches the weights to the host now; the returned call writes the files."""
         variables = parallel.to_host(self.inference_variables(state))
-        checkpoint.write_export(workdir, variables, self.config, step)
-        if jax.process_index() == 0:
-            dest = os.path.join(workdir, checkpoint.EXPORT_DIR, AE_EXPORT)
-            frozen.copy_export(self.ae.export_dir, dest)
+
+        def write() -> None:
+            checkpoint.write_export(workdir, variables, self.config, step)
+            if jax.process_index() == 0:
+                dest = os.path.join(workdir, checkpoint.EXPORT_DIR, AE_EXPORT)
+                frozen.copy_export(self.ae.export_dir, dest)
+
+        return write
 
     def represent(self, state: dict, audio, mask):
         """(B, L) audio -> (B, T, width) representations and the (B, T) frame mask."""
