@@ -279,3 +279,16 @@ def test_codec_rtf_tiny():
             assert np.isfinite(p["audio_s_per_s"]) and p["audio_s_per_s"] > 0
             assert math.isclose(p["rtf"] * p["audio_s_per_s"], 1.0, rel_tol=1e-9)
     assert "encode_decode" in codec_rtf.report("cpu", codec_rtf.describe(f), f["rows"])
+
+
+# ---- loop_stalls.py -------------------------------------------------------------------
+def test_loop_stalls_tiny_autoencoder():
+    from benchmarks import loop_stalls
+
+    f = loop_stalls.measure(tiny_ae(), repeats=1, num_devices=1)
+    for key in ("checkpoint_sync_blocked_s", "checkpoint_async_blocked_s", "export_sync_s"):
+        assert f[key] > 0, key
+    # the asynchronous save returns before its files are written
+    assert f["checkpoint_async_blocked_s"] <= f["checkpoint_async_total_s"]
+    assert f["state_gib"] > 0
+    assert "loop waits" in loop_stalls.report(f)

@@ -16,7 +16,10 @@ def _trainer(config, mesh_shape, devices):
 
 
 def _step(trainer, state, batch, step=0):
-    state, metrics = trainer.train_step(state, parallel.global_batch(batch, trainer.mesh), step)
+    batch = parallel.global_batch(batch, trainer.mesh)
+    # No device-to-host transfer inside a step: the loop never waits on the devices.
+    with jax.transfer_guard_device_to_host("disallow_explicit"):
+        state, metrics = trainer.train_step(state, batch, step)
     jax.block_until_ready(state)
     return state, jax.device_get(metrics)
 
