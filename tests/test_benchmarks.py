@@ -292,3 +292,23 @@ def test_loop_stalls_tiny_autoencoder():
     assert f["checkpoint_async_blocked_s"] <= f["checkpoint_async_total_s"]
     assert f["state_gib"] > 0
     assert "loop waits" in loop_stalls.report(f)
+
+
+# ---- gpu_suite.sh ---------------------------------------------------------------------
+def test_gpu_suite_script_is_valid_and_dry_runs(tmp_path):
+    import shutil
+    import subprocess
+
+    script = os.path.join(os.path.dirname(os.path.dirname(__file__)), "benchmarks", "gpu_suite.sh")
+    assert os.access(script, os.X_OK)
+    assert subprocess.run(["bash", "-n", script], timeout=60).returncode == 0
+    if shutil.which("shellcheck"):
+        out = subprocess.run(["shellcheck", "--shell=bash", script], capture_output=True, text=True)
+        assert out.returncode == 0, out.stdout
+    env = dict(os.environ, DRY_RUN="1", OUT=str(tmp_path), BATCH="8")
+    out = subprocess.run(["bash", script], env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    lines = dict(line.split(": ", 1) for line in out.stdout.strip().splitlines())
+    assert list(lines) == ["codec", "repr", "flow", "ae"]
+    assert "--random_llm" in lines["repr"] and "--config.train.batch_size=8" in lines["flow"]
+    assert f"--json {tmp_path}/ae.json" in lines["ae"]
