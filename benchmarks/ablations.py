@@ -146,28 +146,24 @@ GROUPS = {
     ),
 }
 
-_GROUP = flags.DEFINE_string("group", None, f"One of {', '.join(GROUPS)}, or all.")
-_STEPS = flags.DEFINE_integer("steps", 2, "Timed steps per variant after the compiling one.")
-_EXTRA = flags.DEFINE_multi_string("extra", [], "More train_step.py flags for every variant.")
-_OUT = flags.DEFINE_string("out", None, "Directory for each variant's JSON (default: temp).")
-_TIMEOUT = flags.DEFINE_integer("timeout_s", 3600, "Seconds allowed per variant.")
 
-
-def run_variant(group: Group, flags_: tuple[str, ...], json_path: str) -> dict:
+def run_variant(
+    group: Group, flags_: tuple[str, ...], json_path: str, *, steps: int, extra=(), timeout_s=3600
+) -> dict:
     """train_step.py for one variant in its own process; its figures, or {"error": ...}."""
     cmd = [
         sys.executable,
         os.path.join(HERE, "train_step.py"),
         f"--config={group.config}",
-        f"--steps={_STEPS.value}",
+        f"--steps={steps}",
         f"--json={json_path}",
         *group.base,
-        *_EXTRA.value,
+        *extra,
         *flags_,
     ]
     print("$", shlex.join(cmd), flush=True)
     proc = subprocess.run(
-        cmd, cwd=ROOT, capture_output=True, text=True, timeout=_TIMEOUT.value, check=False
+        cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout_s, check=False
     )
     if proc.returncode != 0 or not os.path.exists(json_path):
         return {"error": (proc.stderr or proc.stdout).strip().splitlines()[-1:]}
@@ -203,22 +199,33 @@ def table(group: Group, results: list[tuple[str, dict]]) -> str:
     return f"{group.what} ({group.config}, {' '.join(group.base)}; {where})\n\n" + "\n".join(rows)
 
 
+def define_flags() -> None:
+    """Only when run as a program (train_step.py defines --steps too)."""
+    flags.DEFINE_string("group", None, f"One of {', '.join(GROUPS)}, or all.")
+    flags.DEFINE_integer("steps", 2, "Timed steps per variant after the compiling one.")
+    flags.DEFINE_multi_string("extra", [], "More train_step.py flags for every variant.")
+    flags.DEFINE_string("out", None, "Directory for each variant's JSON (default: temp).")
+    flags.DEFINE_integer("timeout_s", 3600, "Seconds allowed per variant.")
+
+
 def main(argv) -> None:
     del argv
-    names = list(GROUPS) if _GROUP.value == "all" else [_GROUP.value]
-    unknown = [n for n in names if n not in GROUPS]
-    if unknown or not names or names == [None]:
-        sys.exit(f"--group: one of {', '.join(GROUPS)} or all, not {_GROUP.value!r}")
-    out = _OUT.value or tempfile.mkdtemp(prefix="f3_ablations_")
+    fv = flags.FLAGS
+    names = list(GROUPS) if fv.group == "all" else [fv.group]
+    if any(n not in GROUPS for n in names):
+        sys.exit(f"--group: one of {', '.join(GROUPS)} or all, not {fv.group!r}")
+    out = fv.out or tempfile.mkdtemp(prefix="f3_ablations_")
     os.makedirs(out, exist_ok=True)
     for name in names:
         group = GROUPS[name]
         results = []
         for i, (variant, flags_) in enumerate(group.variants):
             path = os.path.join(out, f"{name}_{i}.json")
-            results.append((variant, run_variant(group, flags_, path)))
+            kwargs = {"steps": fv.steps, "extra": fv.extra, "timeout_s": fv.timeout_s}
+            results.append((variant, run_variant(group, flags_, path, **kwargs)))
         print(f"\n### {name}\n\n{table(group, results)}\n", flush=True)
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

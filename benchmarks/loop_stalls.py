@@ -39,10 +39,6 @@ try:  # run as a script: benchmarks/ is on sys.path
 except ImportError:  # imported as benchmarks.loop_stalls (tests)
     from benchmarks import train_step
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config of the stage.")
-_REPEATS = flags.DEFINE_integer("repeats", 3, "Repetitions of each measurement (median).")
-_JSON = flags.DEFINE_string("json", None, "Also write the figures as JSON to this path.")
-
 
 def _median(fn, repeats: int) -> float:
     times = []
@@ -142,20 +138,29 @@ def report(f: dict) -> str:
     )
 
 
+def define_flags() -> None:
+    """Only when run as a program: tests import this module next to others with --config."""
+    config_flags.DEFINE_config_file("config", None, "Config of the stage.")
+    flags.DEFINE_integer("repeats", 3, "Repetitions of each measurement (median).")
+    flags.DEFINE_string("json", None, "Also write the figures as JSON to this path.")
+    flags.mark_flag_as_required("config")
+
+
 def main(argv) -> None:
     del argv
-    config, path = _CONFIG.value, flags.FLAGS["config"].config_filename
+    fv = flags.FLAGS
+    config, path = fv.config, fv["config"].config_filename
     ae, rep = None, None
     if config.stage != "autoencoder":
         ae = train_step.load_config_file(train_step.sibling_config(path, "ae"))
     if config.stage == "flow":
         rep = train_step.load_config_file(train_step.sibling_config(path, "repr"))
-    f = measure(config, _REPEATS.value, ae, rep)
+    f = measure(config, fv.repeats, ae, rep)
     print(report(f))
-    if _JSON.value:
-        train_step.write_json(_JSON.value, f)
+    if fv.json:
+        train_step.write_json(fv.json, f)
 
 
 if __name__ == "__main__":
-    flags.mark_flag_as_required("config")
+    define_flags()
     app.run(main)

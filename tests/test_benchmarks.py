@@ -312,3 +312,37 @@ def test_gpu_suite_script_is_valid_and_dry_runs(tmp_path):
     assert list(lines) == ["codec", "repr", "flow", "ae"]
     assert "--random_llm" in lines["repr"] and "--config.train.batch_size=8" in lines["flow"]
     assert f"--json {tmp_path}/ae.json" in lines["ae"]
+
+
+# ---- ablations.py ---------------------------------------------------------------------
+def test_ablation_groups_name_real_config_fields():
+    """Every --config.* override of every group exists in its config (a typo would only show
+    after minutes of compiling)."""
+    from benchmarks import ablations
+
+    root = os.path.dirname(os.path.dirname(__file__))
+    for name, group in ablations.GROUPS.items():
+        config = train_step.load_config_file(os.path.join(root, group.config))
+        flags_ = [*group.base, *(f for _, fs in group.variants for f in fs)]
+        for flag in flags_:
+            if flag.startswith("--config."):
+                key, _, _ = flag[len("--config.") :].partition("=")
+                node = config
+                for part in key.split("."):
+                    assert part in node, f"{name}: {flag}"
+                    node = node[part]
+
+
+def test_ablation_table_compares_with_the_first_variant():
+    from benchmarks import ablations
+
+    group = ablations.GROUPS["repr_remat"]
+    base = {"step_s": 2.0, "compile_s": 10.0, "temp_gib": 0.4, "argument_gib": 0.5}
+    base |= {"flops_per_step": 1e11, "achieved_gflops_per_device": 50.0, "mfu": None}
+    base |= {"devices": 1, "device_kind": "cpu"}
+    other = base | {"step_s": 3.0, "temp_gib": 0.1, "mfu": 0.5}
+    text = ablations.table(group, [("a", base), ("b", other), ("c", {"error": ["boom"]})])
+    rows = [r for r in text.splitlines() if r.startswith("| ")]
+    assert rows[1].startswith("| a | 2.00 (1.00x) | 10 | 0.400 (1.00x)")
+    assert rows[2].startswith("| b | 3.00 (1.50x) | 10 | 0.100 (0.25x)") and "50.0 %" in rows[2]
+    assert rows[3].startswith("| c | failed: boom")
