@@ -86,6 +86,12 @@ def test_bad_enum_values_are_named():
     _fails(c, 1, r"config\.bottleneck\.norm='group'")
 
 
+def test_negative_device_prefetch_is_named():
+    c = _ae()
+    c.data.device_prefetch = -1
+    _fails(c, 1, r"config\.data\.device_prefetch=-1 must be >= 0")
+
+
 def test_mesh_fill():
     c = _ae()
     c.mesh.data, c.mesh.fsdp, c.mesh.tensor = -1, 2, 2
