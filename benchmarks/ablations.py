@@ -53,25 +53,21 @@ _BF16_FROZEN = (
     "--config.autoencoder.param_dtype=bfloat16",
 )
 
+_AE_REMAT = tuple(
+    (f"model.remat={p}", (f"--config.model.remat={p}",)) for p in ("none", "dots_saveable", "full")
+)
+
 GROUPS = {
     "ae_remat": Group(
         "configs/ae_demo.py",
         _SMALL_AE,
-        (
-            ("model.remat=none", ("--config.model.remat=none",)),
-            ("model.remat=dots_saveable", ("--config.model.remat=dots_saveable",)),
-            ("model.remat=full", ("--config.model.remat=full",)),
-        ),
+        _AE_REMAT,
         "stage 1: rematerialization of the encoder and decoder blocks",
     ),
     "ae_remat_generator": Group(
         "configs/ae_demo.py",
         ("--config.train.batch_size=2", "--config.data.crop_seconds=2.0", "--noadversarial"),
-        (
-            ("model.remat=none", ("--config.model.remat=none",)),
-            ("model.remat=dots_saveable", ("--config.model.remat=dots_saveable",)),
-            ("model.remat=full", ("--config.model.remat=full",)),
-        ),
+        _AE_REMAT,
         "stage 1, generator step alone on longer crops: rematerialization of the blocks",
     ),
     "ae_dtype": Group(
