@@ -1,6 +1,7 @@
 """Plot training curves from a workdir's train/metrics.jsonl into a PNG.
 
-python benchmarks/plot_curves.py --workdir runs/ae_demo --out benchmarks/figures/ae_demo.png
+Usage:
+    python benchmarks/plot_curves.py --workdir runs/ae_demo --out benchmarks/figures/ae_demo.png
 """
 
 from __future__ import annotations

@@ -379,7 +379,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
         )
     if config.data.crop_seconds <= 0:
         raise ConfigError(f"config.data.crop_seconds={config.data.crop_seconds} must be > 0")
-    if config.data.get("device_prefetch", 0) < 0:
+    if config.data.device_prefetch < 0:
         raise ConfigError(f"config.data.device_prefetch={config.data.device_prefetch} must be >= 0")
     if config.data.source not in ("array_record", "tfds"):
         raise ConfigError(f"config.data.source={config.data.source!r}: use array_record or tfds")

@@ -262,7 +262,7 @@ def train(config, workdir: str) -> None:
     batches = DevicePrefetch(
         data_iter,
         lambda local: parallel.global_batch(trainer.host_batch(local), mesh),
-        size=config.data.get("device_prefetch", 0),
+        size=config.data.device_prefetch,
     )
 
     writer = SummaryWriter(os.path.join(workdir, "train"))
@@ -277,7 +277,7 @@ def train(config, workdir: str) -> None:
         ckpt.wait()
         ckpt.close()
         exports.close()
-        data_iter.close()  # stops Grain's prefetch threads and worker processes now
+        batches.close()  # stops Grain's prefetch threads and worker processes now
         writer.close()
 
 
