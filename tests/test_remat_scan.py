@@ -212,3 +212,26 @@ def test_jaxpr_flops_count_every_scanned_layer():
     )
     k, xs = jnp.ones((3, 4, 5)), jnp.ones((2, 10, 4))
     assert jaxpr_flops(jax.make_jaxpr(conv)(k, xs)) == 2 * 2 * 10 * 5 * 3 * 4
+
+
+def _buffer_pointers(tree) -> list[int]:
+    return [leaf.unsafe_buffer_pointer() for leaf in jax.tree.leaves(tree)]
+
+
+@pytest.mark.parametrize("scan", [False, True])
+def test_kv_cache_leaves_are_distinct_buffers_and_donate(scan):
+    """The cache is donated to the decode steps: two leaves sharing a buffer fail at run time
+    ("Attempt to donate the same buffer twice"), which greedy transcription hit with
+    scan_layers=True, the stage-2 default."""
+    from f3_jax.models.llm_prompt import greedy_transcribe
+
+    config = dataclasses.replace(tiny_config(num_layers=2), scan_layers=scan)
+    params = random_params(tiny_config(num_layers=2))
+    if scan:
+        params = {"params": stack_layer_params(params["params"], 2)}
+    pointers = _buffer_pointers(init_cache(config, 2, 8))
+    assert len(set(pointers)) == len(pointers)
+    embeds = LLM(config).apply(params, IDS[:, :4], method=LLM.embed)
+    prefix = jnp.concatenate([embeds, embeds], axis=0)
+    ids = greedy_transcribe(params, config, prefix, jnp.ones((2, 4)), 3, eos_id=-1)
+    assert [len(row) for row in ids] == [3, 3]

@@ -66,8 +66,11 @@ def init_cache(config: LLMConfig, batch: int, max_len: int, dtype: Any = None) -
     """
     dtype = jnp.dtype(dtype or config.dtype)
     shape = (batch, max_len, config.num_kv_heads, config.head_dim)
+    # Every leaf is its own buffer: the cache is donated to the jitted decode steps, and a
+    # donated tree in which two leaves share a buffer fails ("donate the same buffer twice").
     if config.scan_layers:  # one array per k and v, stacked over the layers like the weights
-        k = v = jnp.zeros((config.num_layers, *shape), dtype)
+        k = jnp.zeros((config.num_layers, *shape), dtype)
+        v = jnp.zeros((config.num_layers, *shape), dtype)
     else:
         k = [jnp.zeros(shape, dtype) for _ in range(config.num_layers)]
         v = [jnp.zeros(shape, dtype) for _ in range(config.num_layers)]
