@@ -15,8 +15,13 @@ EMA) weights as safetensors and the config as JSON.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
+import dataclasses
 import json
+import logging as std_logging
 import os
+import re
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -25,16 +30,64 @@ import jax
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging
 from etils import epath
 
 from f3_jax import storage
 from f3_jax.version import __version__
 
 EXPORT_DIR = "export"
+# Files every committed step has (Orbax 0.12, OCDBT): checked before a restore so that a
+# missing one is reported by name.
+REQUIRED_FILES = ("_CHECKPOINT_METADATA", "state/_METADATA", "state/manifest.ocdbt")
 
 
 class CheckpointMismatchError(ValueError):
     """A checkpoint whose tree does not match the model being restored."""
+
+
+class UnreadableCheckpointError(RuntimeError):
+    """A committed checkpoint step whose files cannot be read back."""
+
+
+@dataclasses.dataclass
+class Restored:
+    """What a resumed run starts from: a checkpoint step read back whole."""
+
+    step: int
+    state: Any
+    data_start: int  # global element the data stream resumes at
+    data_state: dict | None  # this process's iterator state (None: elastic resume)
+    num_skipped: int  # bad records skipped so far
+    config: dict  # the saved config record ({"config": ..., "f3_jax_version": ...})
+
+
+def first_line(error: BaseException, limit: int = 200) -> str:
+    text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def unreadable_file(error: BaseException, directory) -> str:
+    """The file under `directory` that an error of tensorstore or Orbax names, else the
+    directory: what a user should look at."""
+    named = re.findall(r'(?:file|path)[ :]+"?(/[^"\s\]]+)', str(error))
+    inside = [p for p in named if p.startswith(os.fspath(directory))]
+    return max(inside, key=len) if inside else os.fspath(directory)  # the most specific
+
+
+@contextlib.contextmanager
+def quiet_orbax_errors():
+    """Orbax and asyncio log every failed read of a broken checkpoint at ERROR, tracebacks
+    and all; the caller reports the failure itself, in one line."""
+    loggers = [std_logging.getLogger(n) for n in ("absl", "asyncio", "orbax", "jax")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(std_logging.CRITICAL)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
 
 
 def _path_key(path) -> str:
@@ -154,6 +207,58 @@ class Checkpointer:
             jax.process_count(),
             global_batch_size,
         )
+
+    def restore_latest(
+        self, abstract_state, global_batch_size: int, *, fallback: bool = True
+    ) -> Restored | None:
+        """The newest committed step that reads back whole (state, data position, config).
+
+        A step that cannot be read (a truncated or deleted file, a missing _METADATA) is
+        logged as one warning naming the step and the file, moved aside to
+        WORKDIR/checkpoints_unreadable/ (so that a relaunch does not meet it again and the
+        step can be saved anew), and the previous committed step is tried; with
+        `fallback=False` it raises UnreadableCheckpointError instead. A checkpoint of another
+        architecture (CheckpointMismatchError) always raises: no older step would fit either.
+        None when there is no checkpoint at all.
+        """
+        for step in sorted(self.all_steps(), reverse=True):
+            try:
+                return self._restore_step(step, abstract_state, global_batch_size)
+            except CheckpointMismatchError:
+                raise
+            except Exception as e:  # any read failure of this step's files
+                problem = UnreadableCheckpointError(
+                    f"checkpoint step {step} is unreadable ({unreadable_file(e, self.directory)}"
+                    f": {type(e).__name__}: {first_line(e)})"
+                )
+                if not fallback:
+                    raise problem from e
+                logging.warning("%s; %s", problem, self._set_aside(step))
+        return None
+
+    def _restore_step(self, step: int, abstract_state, global_batch_size: int) -> Restored:
+        for name in REQUIRED_FILES:  # Orbax's own errors for these do not name the file
+            if not (self.directory / str(step) / name).exists():
+                raise FileNotFoundError(f"missing file {self.directory / str(step) / name}")
+        with quiet_orbax_errors():
+            config = self.saved_config(step)
+            data_start, data_state, num_skipped = self.data_position(step, global_batch_size)
+            state = self.restore(step, abstract_state)
+            jax.block_until_ready(state)
+        return Restored(step, state, data_start, data_state, num_skipped, config)
+
+    def _set_aside(self, step: int) -> str:
+        """Moves an unreadable step out of the manager's directory (process 0); says where."""
+        target = self.directory.parent / "checkpoints_unreadable" / f"{step}-{int(time.time())}"
+        if jax.process_index() == 0:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            (self.directory / str(step)).rename(target)
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices(f"checkpoint {step} set aside")
+        self._manager.reload()
+        return f"moved it to {target}, restoring the previous step"
 
     def restore_raw(self, step: int | None = None) -> Any:
         """The state tree as saved, on the default device (for inference and eval tools)."""

@@ -131,6 +131,8 @@ def autoencoder_defaults() -> ml_collections.ConfigDict:
     c.train.adversarial_start = 0  # discriminator off before this global step
     c.train.ema_decay = 0.0  # 0 disables the EMA of the generator
     c.train.eval_at_start = False  # validate the initial state too
+    # An unreadable newest checkpoint: warn and resume from the previous one (False: stop).
+    c.train.restore_fallback = True
 
     c.data = data_defaults()
     c.mesh = mesh_defaults()
@@ -155,6 +157,8 @@ def train_defaults() -> ml_collections.ConfigDict:
     t.eval_every = 5000
     t.sample_every = 5000  # audio samples, spectrograms, transcriptions
     t.eval_at_start = False  # validate the initial state too (a "before training" baseline)
+    # An unreadable newest checkpoint: warn and resume from the previous one (False: stop).
+    t.restore_fallback = True
     return t
 
 
@@ -315,6 +319,17 @@ def defaults_for(stage: str) -> ml_collections.ConfigDict:
     if stage not in _DEFAULTS:
         raise ConfigError(f"config.stage={stage!r} is not one of {sorted(_DEFAULTS)}")
     return _DEFAULTS[stage]()
+
+
+def flatten(tree: dict, prefix: str = "") -> dict:
+    """{"optim.lr": 1e-3, ...} from a nested dict (a config as JSON)."""
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat |= flatten(value, f"{prefix}{key}.")
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def _check_unknown_keys(config, schema, prefix: str = "") -> None:

@@ -7,6 +7,7 @@ resume, then step / log / validate / checkpoint until done or asked to stop.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import sys
@@ -25,6 +26,7 @@ from f3_jax.parallel import to_host
 from f3_jax.preemption import GCE_MAINTENANCE_URL, MaintenanceWatcher, PreemptionWatcher
 from f3_jax.prefetch import DevicePrefetch
 from f3_jax.summary import Progress, SummaryWriter
+from f3_jax.workdir_lock import WorkdirLock, WorkdirLockedError
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file (configs/*.py).", lock_config=True
@@ -216,6 +218,35 @@ def validate(trainer, config, mesh, state, step: int, writer: SummaryWriter) -> 
 def train(config, workdir: str) -> None:
     config_lib.validate(config, jax.device_count())
     check_workdir(workdir)
+    lock = take_workdir_lock(workdir)
+    try:
+        train_locked(config, workdir)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def take_workdir_lock(workdir: str) -> WorkdirLock | None:
+    """Process 0 takes WORKDIR/train.lock; every process stops together if it cannot."""
+    lock, problem = None, ""
+    if jax.process_index() == 0:
+        lock = WorkdirLock(workdir)
+        try:
+            warning = lock.acquire()
+            if warning:
+                logging.warning("%s", warning)
+        except WorkdirLockedError as e:
+            lock, problem = None, str(e)
+    if jax.process_count() > 1:
+        held = multihost_utils.broadcast_one_to_all(np.int32(lock is not None))
+        if not held and jax.process_index() != 0:
+            problem = "process 0 could not take the workdir lock (its log says who holds it)"
+    if problem:
+        raise WorkdirLockedError(problem)
+    return lock
+
+
+def train_locked(config, workdir: str) -> None:
     mesh = parallel.make_mesh(config.mesh)
     logging.info(
         "mesh %s over %d devices in %d processes",
@@ -229,13 +260,18 @@ def train(config, workdir: str) -> None:
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices("dataset ready")
         data.ensure_dataset(config.data, config.sample_rate)
+    # What validation will read is checked now, not after the first train.eval_every steps.
+    data.check_eval_split(config.data, config.sample_rate)
     trainer = trainers.create(config, mesh)
     train_t = config.train
     ckpt = checkpoint.Checkpointer(workdir, keep=train_t.keep_checkpoints)
-    start = ckpt.latest_step() or 0
-    data_start, data_state, num_skipped = 0, None, 0
-    if start:
-        data_start, data_state, num_skipped = ckpt.data_position(start, train_t.batch_size)
+    restored = ckpt.restore_latest(
+        trainer.abstract_state(), train_t.batch_size, fallback=train_t.restore_fallback
+    )
+    start = restored.step if restored else 0
+    if restored:
+        logging.info("resuming from %s/%d", ckpt.directory, start)
+        log_config_changes(restored.config.get("config", {}), config)
     data_iter = iter(
         data.train_dataset(
             config.data,
@@ -245,20 +281,15 @@ def train(config, workdir: str) -> None:
             process_index=jax.process_index(),
             process_count=jax.process_count(),
             latent_cache=getattr(trainer, "latent_cache", None),  # stages 2, 3: data.latent_cache
-            start=data_start,
-            num_skipped=num_skipped,
+            start=restored.data_start if restored else 0,
+            num_skipped=restored.num_skipped if restored else 0,
         )
     )
-    if start:
-        logging.info("resuming from %s/%d", ckpt.directory, start)
-        if data_state is None:
-            logging.info("another process count or batch size: data from element %d", data_start)
-        else:
-            data_iter.set_state(data_state)
-        data_iter.start_prefetch()  # reads the next batches while the state restores
-        state = ckpt.restore(start, trainer.abstract_state())
-    else:
-        state = trainer.initial_state()
+    if restored and restored.data_state is None:
+        logging.info("another process count or batch size: data from element %d", start)
+    elif restored:
+        data_iter.set_state(restored.data_state)
+    state = restored.state if restored else trainer.initial_state()
     batches = DevicePrefetch(
         data_iter,
         lambda local: parallel.global_batch(trainer.host_batch(local), mesh),
@@ -281,47 +312,108 @@ def train(config, workdir: str) -> None:
         writer.close()
 
 
+def log_config_changes(saved: dict, config) -> None:
+    """One warning listing the fields that differ from the checkpoint's config."""
+    now = config_lib.flatten(json.loads(config.to_json_best_effort()))
+    before = config_lib.flatten(saved)
+    changed = [
+        f"{k}: {before.get(k, '(absent)')!r} -> {now.get(k, '(absent)')!r}"
+        for k in sorted(set(now) | set(before))
+        if before.get(k) != now.get(k)
+    ]
+    if changed:
+        logging.warning("resuming with a changed config: %s", "; ".join(changed))
+
+
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+    leaves = [
+        jnp.all(jnp.isfinite(x))
+        for x in jax.tree.leaves(tree)
+        if jnp.issubdtype(x.dtype, jnp.inexact)
+    ]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
+
+
+class StepSaver:
+    """Saves checkpoints (with the export) and, when anything fails after a step, the state
+    of that step: a failure in validation, logging, sampling or an export never loses the
+    steps since the last checkpoint."""
+
+    def __init__(self, trainer, config, ckpt, exports, workdir: str, start: int):
+        self.trainer, self.config, self.ckpt = trainer, config, ckpt
+        self.exports, self.workdir = exports, workdir
+        self.saved_step = start
+
+    def save(self, step: int, state, data_state) -> None:
+        """data_state: the data iterator's state after step `step`'s batch."""
+        # Returns once the state is on the host; files are written in the background.
+        self.ckpt.save(step, state, data_state, self.config, force=True)
+        self.saved_step = step
+        self.exports.submit(self.trainer.export_later(self.workdir, state, step))
+
+    def rescue(self, step: int, state, data_state, error: BaseException) -> None:
+        """After `error` past step `step` (whose state is intact): save it unless saved."""
+        if step <= self.saved_step:
+            return
+        if not bool(_all_finite(state)):
+            logging.error("not saving step %d after %s: its state is not finite", step, error)
+            return
+        logging.error(
+            "%s after step %d: saving a checkpoint of it first", type(error).__name__, step
+        )
+        self.ckpt.save(step, state, data_state, self.config, force=True)
+        self.saved_step = step
+
+
 def run_steps(
     trainer, config, mesh, state, start, batches: DevicePrefetch, ckpt, exports, writer, workdir
 ) -> None:
-    """Step / log / validate / checkpoint from `start` until train.steps or a stop request."""
+    """Step / log / checkpoint / validate from `start` until train.steps or a stop request."""
     train_t = config.train
     progress = Progress(train_t.steps, train_t.batch_size * config.data.crop_seconds, start)
     preemption = PreemptionWatcher()
     watch = _WATCH_MAINTENANCE.value
     if watch == "yes" or (watch == "auto" and jax.devices()[0].platform == "tpu"):
         MaintenanceWatcher(_MAINTENANCE_URL.value).start()  # a daemon thread; ends with us
+    saver = StepSaver(trainer, config, ckpt, exports, workdir, start)
     num_skipped_data = 0
     if start == 0 and train_t.eval_at_start:
         validate(trainer, config, mesh, state, 0, writer)
 
-    for step in range(start, train_t.steps):
-        local, batch = next(batches)
-        num_skipped_data = int(local.get("num_skipped", num_skipped_data))
-        done = step + 1
-        if _RECORD_BATCH_IDS.value:
-            writer.batch_ids(done, local["id"])
-        state, metrics = trainer.train_step(state, batch, step)
-        if done < train_t.steps:
-            batches.read_ahead()  # the next batches go to the devices while this step runs
-        wait_on_cpu(metrics)
+    # intact: `state` is the whole state after step `done`, and data_state the data's then
+    done, intact, data_state = start, True, batches.saved_state()
+    try:
+        for step in range(start, train_t.steps):
+            local, batch = next(batches)
+            num_skipped_data = int(local.get("num_skipped", num_skipped_data))
+            if _RECORD_BATCH_IDS.value:
+                writer.batch_ids(step + 1, local["id"])
+            intact = False  # the step donates the state's buffers
+            state, metrics = trainer.train_step(state, batch, step)
+            done, intact, data_state = step + 1, True, batches.saved_state()
+            if done < train_t.steps:
+                batches.read_ahead()  # the next batches go to the devices while this step runs
+            wait_on_cpu(metrics)
 
-        if done % train_t.log_every == 0 or done == train_t.steps:
-            values = to_host(metrics) | to_host(trainer.log_metrics(state, batch, step))
-            values["data/skipped_records"] = num_skipped_data
-            writer.scalars(done, values | progress.report(done, values))
-            if not np.isfinite(values.get(trainer.total_loss_key, 0.0)):
-                logging.warning("non-finite loss at step %d; the update was skipped", done)
-        if done % train_t.eval_every == 0 or done == train_t.steps:
-            validate(trainer, config, mesh, state, done, writer)
-        stop = preemption.should_stop(done)
-        if done % train_t.checkpoint_every == 0 or done == train_t.steps or stop:
-            # Both return once the state is on the host; files are written in the background.
-            ckpt.save(done, state, batches.saved_state(), config, force=True)
-            exports.submit(trainer.export_later(workdir, state, done))
-        if stop:
-            logging.warning("stopping at step %d after saving a checkpoint", done)
-            break
+            if done % train_t.log_every == 0 or done == train_t.steps:
+                values = to_host(metrics) | to_host(trainer.log_metrics(state, batch, step))
+                values["data/skipped_records"] = num_skipped_data
+                writer.scalars(done, values | progress.report(done, values))
+                if not np.isfinite(values.get(trainer.total_loss_key, 0.0)):
+                    logging.warning("non-finite loss at step %d; the update was skipped", done)
+            stop = preemption.should_stop(done)
+            if done % train_t.checkpoint_every == 0 or done == train_t.steps or stop:
+                saver.save(done, state, data_state)  # before validation: nothing to lose there
+            if done % train_t.eval_every == 0 or done == train_t.steps:
+                validate(trainer, config, mesh, state, done, writer)
+            if stop:
+                logging.warning("stopping at step %d after saving a checkpoint", done)
+                break
+    except BaseException as e:  # KeyboardInterrupt too: the finished steps are kept
+        if intact:
+            saver.rescue(done, state, data_state, e)
+        raise
 
 
 def main(argv) -> None:
@@ -335,10 +427,13 @@ def main(argv) -> None:
         config_lib.ConfigError,
         data.DataError,
         storage.WorkdirError,
+        WorkdirLockedError,
+        checkpoint.UnreadableCheckpointError,
+        checkpoint.CheckpointMismatchError,
         FileNotFoundError,
     ) as e:
-        logging.error("%s", e)
-        sys.exit(f"error: {e}")
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        sys.exit(2)  # a user error: exit code 2, one line
 
 
 if __name__ == "__main__":

@@ -342,7 +342,7 @@ def test_an_unreachable_coordinator_is_an_error_not_a_hang(setup):
 def test_a_mesh_that_does_not_fit_the_devices_stops_every_process(setup):
     run = _two_direct(setup, "bad_mesh", "bad_mesh", extra=["--config.mesh.data=4"])
     for code, log in zip(run.codes, run.logs):
-        assert code == 1, tail(log)
+        assert code == 2, tail(log)
         assert "does not divide the 2 devices" in log, tail(log)
 
 
@@ -354,6 +354,6 @@ def test_a_workdir_the_processes_do_not_share_is_an_error(setup):
         cwd.mkdir()
     run = _two_direct(setup, "not_shared", "not_shared", cwds=cwds)
     for code, log in zip(run.codes, run.logs):
-        assert code == 1, tail(log)
+        assert code == 2, tail(log)
         assert "not_shared is not reachable by every process: processes [1]" in log, tail(log)
     assert not (cwds[0] / "not_shared" / "checkpoints").exists()

@@ -97,7 +97,7 @@ def test_missing_data_dir_stops_before_compute(setup):
     config = write_config(setup.tmp / "missing_data_config.py", str(missing))
     workdir = setup.tmp / "missing"
     run = finish(start(setup, workdir, "missing", config), timeout=120)
-    assert run.returncode == 1, tail(run.log)
+    assert run.returncode == 2, tail(run.log)
     assert f"data.path='{missing}' does not exist" in run.log, tail(run.log)
     assert "Traceback" not in run.log, tail(run.log)
     # Nothing was built, restored or written: the check comes before the model and the data.

@@ -6,7 +6,7 @@ pay for importing grain.
 
 from f3_jax.data.errors import DataError
 
-__all__ = ["DataError", "ensure_dataset", "train_dataset", "eval_batches"]
+__all__ = ["DataError", "ensure_dataset", "train_dataset", "eval_batches", "check_eval_split"]
 
 
 def __getattr__(name):
@@ -14,4 +14,8 @@ def __getattr__(name):
         from f3_jax.data import pipeline
 
         return getattr(pipeline, name)
+    if name == "check_eval_split":
+        from f3_jax.data.evaluation import check_eval_split
+
+        return check_eval_split
     raise AttributeError(name)

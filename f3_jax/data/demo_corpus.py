@@ -1,7 +1,7 @@
 """Demo speech corpus: offline English speech from piper-tts, with per-utterance labels.
 
     python -m f3_jax.data.demo_corpus --out DIR [--minutes 30] [--num_utterances N]
-        [--workers 2] [--seed 0] [--format pcm16|flac]
+        [--workers 2] [--seed 0] [--format pcm16|flac] [--export_wav DIR --count N --split S]
 
 Transcripts come from sentences.unique_sentences (seeded, unique). Each utterance draws piper's
 length_scale (speaking rate), noise_scale and noise_w; these, and the measured words per second,
@@ -173,6 +173,25 @@ def build(
     return info
 
 
+def export_wav(corpus: str, out: str, *, split: str = "test", count: int = 3) -> list[str]:
+    """Writes the first `count` utterances of a split as <id>.wav (at the corpus's rate) with
+    <id>.txt transcripts: sample files to try `tokenize` and `generate --prompt_audio` on."""
+    from f3_jax.data.audio_io import write_audio
+    from f3_jax.data.sources import _array_record_split
+
+    src = _array_record_split(corpus, split)
+    os.makedirs(out, exist_ok=True)
+    written = []
+    for i in range(min(count, len(src.source))):
+        u = src.parse(src.source[i])
+        path = os.path.join(out, f"{u.uid}.wav")
+        write_audio(path, u.read(), u.sample_rate)
+        with open(os.path.join(out, f"{u.uid}.txt"), "w", encoding="utf-8") as f:
+            f.write(u.text + "\n")
+        written.append(path)
+    return written
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", required=True)
@@ -182,6 +201,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--format", choices=records.ENCODINGS, default="pcm16")
+    ap.add_argument(
+        "--export_wav",
+        metavar="DIR",
+        help="also write --count utterances of --split as DIR/<id>.wav with <id>.txt transcripts",
+    )
+    ap.add_argument("--count", type=int, default=3, help="utterances for --export_wav")
+    ap.add_argument("--split", default="test", help="split for --export_wav")
     a = ap.parse_args(argv)
     build(
         a.out,
@@ -192,6 +218,9 @@ def main(argv: list[str] | None = None) -> int:
         workers=a.workers,
         encoding=a.format,
     )
+    if a.export_wav:
+        for path in export_wav(a.out, a.export_wav, split=a.split, count=a.count):
+            print(path, flush=True)
     return 0
 
 

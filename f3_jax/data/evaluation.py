@@ -93,6 +93,27 @@ def _batch(
     return batch, failed
 
 
+def check_eval_split(data_cfg, sample_rate: int, split: str | None = None) -> int:
+    """Raises DataError naming the field unless validation can run on `split` (default
+    data.eval_split): the split exists, holds records, and its buckets and batch are sane.
+    Returns its number of records. Reads the split's index only, no audio."""
+    split = split or data_cfg.eval_split
+    if data_cfg.eval_max_seconds <= 0:
+        raise DataError(f"data.eval_max_seconds={data_cfg.eval_max_seconds} must be > 0")
+    if data_cfg.eval_batch_size < 1:
+        raise DataError(f"data.eval_batch_size={data_cfg.eval_batch_size} must be at least 1")
+    if data_cfg.eval_max_examples is not None and data_cfg.eval_max_examples < 1:
+        raise DataError(f"data.eval_max_examples={data_cfg.eval_max_examples} must be >= 1")
+    _bucket_lengths(data_cfg, sample_rate)
+    try:
+        src = open_split(data_cfg, split, sample_rate)
+    except DataError as e:
+        raise DataError(f"validation (data.eval_split={split!r}): {e}") from None
+    if len(src.source) == 0:
+        raise DataError(f"data.eval_split={split!r} of {src.where} holds no records")
+    return len(src.source)
+
+
 def eval_batches(
     data_cfg,
     *,
