@@ -27,9 +27,9 @@ from f3_jax.data.shards import Job, Result, foreign_files, worker_pool, write_sp
 from f3_jax.data.transcripts import Entry, LayoutTranscripts, read_manifest
 
 FILES_PER_SHARD = 1024  # for --num_shards 0 (auto)
-# Shorter clips are skipped. 0.1 s is 5 latent frames of the 24 kHz configs (hop 480), more
-# than one stage-3 patch (4 frames): a shorter clip holds no word, cannot be cropped into a
-# whole patch, and PESQ, STOI and the recognizer cannot score it.
+# Shorter clips are skipped. 0.1 s is 5 latent frames of the 24 kHz configs (hop 480 = 0.02 s),
+# more than one stage-3 patch of 4 frames; a shorter clip holds no word to transcribe. (Eval
+# still skips, and counts, clips its metrics cannot score: PESQ needs about a quarter second.)
 DEFAULT_MIN_SECONDS = 0.1
 
 
