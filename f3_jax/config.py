@@ -6,7 +6,10 @@ field a user or a script may set is declared here once, with its meaning.
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import numbers
+from collections.abc import Callable
 
 import ml_collections
 
@@ -371,17 +374,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
         raise ConfigError("config.stage is missing")
     _check_unknown_keys(config, defaults_for(config.stage))
     data_par, fsdp, _ = resolve_mesh_shape(config.mesh, num_devices)
+    _check_numbers(config, _NUMBER_RULES["common"] + _NUMBER_RULES[config.stage])
     t = config.train
-    for name in (
-        "steps",
-        "batch_size",
-        "checkpoint_every",
-        "keep_checkpoints",
-        "log_every",
-        "eval_every",
-    ):
-        if t[name] < 1:
-            raise ConfigError(f"config.train.{name}={t[name]} must be at least 1")
     if t.batch_size % (data_par * fsdp):
         raise ConfigError(
             f"config.train.batch_size={t.batch_size} does not divide over the data axes "
@@ -392,10 +386,6 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
             f"config.data.eval_batch_size={config.data.eval_batch_size} does not divide over "
             f"the data axes (mesh.data * mesh.fsdp = {data_par * fsdp})"
         )
-    if config.data.crop_seconds <= 0:
-        raise ConfigError(f"config.data.crop_seconds={config.data.crop_seconds} must be > 0")
-    if config.data.device_prefetch < 0:
-        raise ConfigError(f"config.data.device_prefetch={config.data.device_prefetch} must be >= 0")
     if config.data.source not in ("array_record", "tfds"):
         raise ConfigError(f"config.data.source={config.data.source!r}: use array_record or tfds")
     if config.compute_dtype not in ("float32", "bfloat16"):
@@ -423,6 +413,127 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
         _validate_representation(config)
     elif config.stage == "flow":
         _validate_flow(config)
+
+
+# ---- numeric fields: one (field, rule) table per stage -------------------------------------------
+# Every number a run reads is checked here before compute: a NaN learning rate or a negative loss
+# weight would otherwise train for a while and fail far from its cause (in a histogram, a NaN
+# loss). Each stage's rows sit in one table so that the stage can take them to its own folder.
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+    """A predicate on a finite number, and how the error message says it."""
+
+    holds: Callable[[float], bool]
+    says: str
+
+
+POSITIVE = Rule(lambda v: v > 0, "> 0")
+NON_NEGATIVE = Rule(lambda v: v >= 0, ">= 0")
+AT_LEAST_ONE = Rule(lambda v: v >= 1, "at least 1")
+FRACTION = Rule(lambda v: 0 <= v < 1, "in [0, 1)")  # decays, momenta, Adam betas
+PROBABILITY = Rule(lambda v: 0 <= v <= 1, "in [0, 1]")
+FINITE = Rule(lambda v: True, "finite")
+
+_COUNTERS = tuple(
+    (f"train.{name}", AT_LEAST_ONE)
+    for name in (
+        "steps",
+        "batch_size",
+        "checkpoint_every",
+        "keep_checkpoints",
+        "log_every",
+        "eval_every",
+        "sample_every",
+    )
+)
+_ADAMW = (
+    ("optim.b1", FRACTION),
+    ("optim.b2", FRACTION),
+    ("optim.weight_decay", NON_NEGATIVE),
+    ("optim.grad_clip", POSITIVE),
+    ("optim.warmup_steps", NON_NEGATIVE),
+)
+
+_NUMBER_RULES: dict[str, tuple[tuple[str, Rule], ...]] = {
+    "common": _COUNTERS
+    + _ADAMW
+    + (
+        ("sample_rate", POSITIVE),
+        ("data.crop_seconds", POSITIVE),
+        ("data.min_crop_fraction", PROBABILITY),
+        ("data.gain_db", FINITE),
+        ("data.demo_minutes", POSITIVE),
+        ("data.device_prefetch", NON_NEGATIVE),
+        ("data.eval_max_seconds", POSITIVE),
+        ("data.eval_bucket_seconds", POSITIVE),
+    ),
+    "autoencoder": (
+        ("optim.gen_lr", POSITIVE),
+        ("optim.disc_lr", POSITIVE),
+        ("loss.mel_weight", NON_NEGATIVE),
+        ("loss.stft_weight", NON_NEGATIVE),
+        ("loss.adv_weight", NON_NEGATIVE),
+        ("loss.feature_weight", NON_NEGATIVE),
+        ("loss.log_eps", POSITIVE),  # inside logs: 0 gives log(0) on silence
+        ("bottleneck.noise_max", NON_NEGATIVE),
+        ("bottleneck.noise_scale", NON_NEGATIVE),
+        ("bottleneck.batch_norm_momentum", FRACTION),
+        ("train.ema_decay", FRACTION),  # 0 disables the EMA
+        ("train.adversarial_start", NON_NEGATIVE),
+    ),
+    "representation": (
+        ("optim.lr", POSITIVE),
+        ("loss.rq_mtp_weight", NON_NEGATIVE),
+        ("loss.llm_weight", NON_NEGATIVE),
+        ("encoder.rope_theta", POSITIVE),
+        ("encoder.norm_eps", POSITIVE),
+        ("quantizer.num_codebooks", AT_LEAST_ONE),
+        ("quantizer.codebook_size", AT_LEAST_ONE),
+        ("quantizer.code_dim", AT_LEAST_ONE),
+        ("quantizer.stack_frames", AT_LEAST_ONE),
+        ("rq_mtp.horizons", AT_LEAST_ONE),
+        ("adapter.downsample", AT_LEAST_ONE),
+        ("llm.max_text_tokens", AT_LEAST_ONE),
+    ),
+    "flow": (
+        ("optim.lr", POSITIVE),
+        ("flow_loss.stop_weight", NON_NEGATIVE),
+        ("flow_loss.stop_pos_weight", NON_NEGATIVE),
+        ("flow_loss.logit_mean", FINITE),
+        ("flow_loss.logit_std", POSITIVE),
+        ("flow_head.cond_drop_prob", PROBABILITY),
+        ("sampling.num_steps", AT_LEAST_ONE),
+        ("sampling.guidance_scale", NON_NEGATIVE),
+        ("sampling.temperature", NON_NEGATIVE),  # 0: the flow from the zero patch
+        ("sampling.max_seconds", POSITIVE),
+        ("llm.max_text_tokens", AT_LEAST_ONE),
+    ),
+}
+
+
+def _finite_number(value: object) -> bool:
+    # bool is an int to Python but never a meaningful value of these fields.
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return False
+    return math.isfinite(value)
+
+
+def _check_numbers(config, rules: tuple[tuple[str, Rule], ...]) -> None:
+    """ConfigError naming the first field (group.name) whose value breaks its rule.
+
+    A tuple field (data.gain_db) is checked entry by entry and named whole.
+    """
+    for field, rule in rules:
+        value = config
+        for part in field.split("."):
+            value = value[part]
+        entries = value if isinstance(value, (tuple, list)) else (value,)
+        if not all(_finite_number(v) for v in entries):
+            raise ConfigError(f"config.{field}={value!r} must be a finite number")
+        if not all(rule.holds(v) for v in entries):
+            raise ConfigError(f"config.{field}={value!r} must be {rule.says}")
 
 
 _DTYPE_KEYS = {
@@ -479,7 +590,7 @@ def _validate_representation(config) -> None:
             "config.autoencoder.workdir is empty: name the stage-1 workdir "
             "(--config.autoencoder.workdir=runs/ae_demo)"
         )
-    e, q, a = config.encoder, config.quantizer, config.adapter
+    e = config.encoder
     if e.num_heads % e.num_kv_heads:
         raise ConfigError(
             f"config.encoder.num_heads={e.num_heads} is not a multiple of "
@@ -487,13 +598,6 @@ def _validate_representation(config) -> None:
         )
     if e.head_dim % 2:
         raise ConfigError(f"config.encoder.head_dim={e.head_dim} must be even (rotary pairs)")
-    for name in ("num_codebooks", "codebook_size", "code_dim", "stack_frames"):
-        if q[name] < 1:
-            raise ConfigError(f"config.quantizer.{name}={q[name]} must be at least 1")
-    if config.rq_mtp.horizons < 1:
-        raise ConfigError(f"config.rq_mtp.horizons={config.rq_mtp.horizons} must be at least 1")
-    if a.downsample < 1:
-        raise ConfigError(f"config.adapter.downsample={a.downsample} must be at least 1")
 
 
 def _validate_flow(config) -> None:
@@ -503,16 +607,10 @@ def _validate_flow(config) -> None:
                 f"config.{group}.workdir is empty: name the stage-"
                 f"{1 if group == 'autoencoder' else 2} workdir"
             )
-    sp, fl, fh = config.sampling, config.flow_loss, config.flow_head
+    sp, fl = config.sampling, config.flow_loss
     if sp.method not in ("euler", "heun"):
         raise ConfigError(f"config.sampling.method={sp.method!r}: euler or heun")
-    if sp.num_steps < 1:
-        raise ConfigError(f"config.sampling.num_steps={sp.num_steps} must be at least 1")
-    if sp.max_seconds <= 0:
-        raise ConfigError(f"config.sampling.max_seconds={sp.max_seconds} must be > 0")
     if fl.time_schedule not in ("uniform", "logit_normal"):
         raise ConfigError(
             f"config.flow_loss.time_schedule={fl.time_schedule!r}: uniform or logit_normal"
         )
-    if not 0.0 <= fh.cond_drop_prob <= 1.0:
-        raise ConfigError(f"config.flow_head.cond_drop_prob={fh.cond_drop_prob} not in [0, 1]")

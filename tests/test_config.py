@@ -1,5 +1,6 @@
 """Bad configs stop before any compute, with a message naming the field."""
 
+import re
 import subprocess
 import sys
 
@@ -117,4 +118,130 @@ def test_cli_rejects_bad_override_before_compute(tmp_path):
     )
     assert out.returncode != 0
     assert "config.model.hop=400" in out.stderr
+    assert not (tmp_path / "checkpoints").exists()
+
+
+# ---- numeric fields: every value the table of f3_jax.config checks -----------------------------
+
+NAN, INF = float("nan"), float("inf")
+# (field, bad values): finite positive fields refuse 0 and -1, non-negative ones refuse -1,
+# fractions in [0, 1) refuse 1; every numeric field refuses nan and inf.
+_POSITIVE = (NAN, INF, -INF, -1.0, 0.0)
+_NON_NEGATIVE = (NAN, INF, -1.0)
+_FRACTION = (NAN, INF, -0.1, 1.0, 1.5)
+_BAD_NUMBERS = {
+    "autoencoder": {
+        "optim.gen_lr": _POSITIVE,
+        "optim.disc_lr": _POSITIVE,
+        "optim.b1": _FRACTION,
+        "optim.b2": _FRACTION,
+        "optim.weight_decay": _NON_NEGATIVE,
+        "optim.grad_clip": _POSITIVE,
+        "loss.mel_weight": _NON_NEGATIVE,
+        "loss.stft_weight": _NON_NEGATIVE,
+        "loss.adv_weight": _NON_NEGATIVE,
+        "loss.feature_weight": _NON_NEGATIVE,
+        "loss.log_eps": _POSITIVE,
+        "bottleneck.noise_max": _NON_NEGATIVE,
+        "bottleneck.noise_scale": _NON_NEGATIVE,
+        "bottleneck.batch_norm_momentum": _FRACTION,
+        "train.ema_decay": _FRACTION,
+        "data.crop_seconds": _POSITIVE,
+        "data.min_crop_fraction": (NAN, INF, -0.1, 1.5),
+        "data.eval_max_seconds": _POSITIVE,
+        "data.demo_minutes": _POSITIVE,
+    },
+    "representation": {
+        "optim.lr": _POSITIVE,
+        "optim.b1": _FRACTION,
+        "optim.weight_decay": _NON_NEGATIVE,
+        "optim.grad_clip": _POSITIVE,
+        "loss.rq_mtp_weight": _NON_NEGATIVE,
+        "loss.llm_weight": _NON_NEGATIVE,
+        "encoder.rope_theta": _POSITIVE,
+        "encoder.norm_eps": _POSITIVE,
+        "data.crop_seconds": _POSITIVE,
+    },
+    "flow": {
+        "optim.lr": _POSITIVE,
+        "optim.b2": _FRACTION,
+        "flow_loss.stop_weight": _NON_NEGATIVE,
+        "flow_loss.stop_pos_weight": _NON_NEGATIVE,
+        "flow_loss.logit_mean": (NAN, INF),
+        "flow_loss.logit_std": _POSITIVE,
+        "flow_head.cond_drop_prob": (NAN, INF, -0.1, 1.5),
+        "sampling.guidance_scale": _NON_NEGATIVE,
+        "sampling.temperature": _NON_NEGATIVE,
+        "sampling.max_seconds": _POSITIVE,
+    },
+}
+
+
+def _valid(stage: str):
+    c = config_lib.defaults_for(stage)
+    if stage != "autoencoder":
+        c.autoencoder.workdir = "runs/ae"
+    if stage == "flow":
+        c.representation.workdir = "runs/repr"
+    return c
+
+
+@pytest.mark.parametrize(
+    "stage,field,value",
+    [
+        (stage, field, value)
+        for stage, fields in _BAD_NUMBERS.items()
+        for field, values in fields.items()
+        for value in values
+    ],
+)
+def test_bad_number_is_named(stage, field, value):
+    c = _valid(stage)
+    config_lib.validate(c, 1)  # valid before the change
+    group, name = field.split(".")
+    c[group][name] = value
+    _fails(c, 1, re.escape(f"config.{field}={value!r}"))
+
+
+@pytest.mark.parametrize("value", [0.0, 1e-8])
+def test_zero_and_tiny_allowed_where_they_mean_something(value):
+    c = _ae()
+    c.train.ema_decay = c.optim.weight_decay = c.bottleneck.noise_max = value
+    c.loss.adv_weight = c.loss.feature_weight = value  # a run without the GAN terms
+    config_lib.validate(c, 1)
+
+
+@pytest.mark.parametrize("field", ["data.eval_bucket_seconds", "data.gain_db"])
+def test_bad_entry_of_a_numeric_tuple_is_named(field):
+    c = _ae()
+    group, name = field.split(".")
+    c[group][name] = (1.0, NAN)
+    _fails(c, 1, re.escape(f"config.{field}=(1.0, nan)"))
+
+
+def test_sample_every_zero_is_named():
+    c = _ae()
+    c.train.sample_every = 0
+    _fails(c, 1, r"config\.train\.sample_every=0 must be at least 1")
+
+
+def test_cli_rejects_nan_learning_rate_before_compute(tmp_path):
+    """--config.optim.gen_lr=nan used to train and crash later in a histogram."""
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "f3_jax.train",
+            "--config",
+            "configs/ae_demo.py",
+            "--workdir",
+            str(tmp_path),
+            "--config.optim.gen_lr=nan",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode != 0
+    assert "config.optim.gen_lr=nan" in out.stderr
     assert not (tmp_path / "checkpoints").exists()

@@ -504,3 +504,39 @@ def test_representation_evaluator_reports_rq_mtp_probes_and_wer(tmp_path):
     names = {p["name"] for p in result.panels}
     assert names == {"rq_mtp_horizons", "probes", "transcripts"}
     assert "probe/noise_w/representation" in result.headline
+
+
+def test_autoencoder_eval_counts_clips_no_metric_can_score():
+    """A 1-sample clip used to crash STOI and with it the eval binary; silence and short clips
+    are skipped by PESQ, STOI and the recognizer and counted under skipped/*."""
+    from f3_jax.evaluators.autoencoder import AutoencoderEvaluator, _wer_scalars
+    from f3_jax.metrics.recognizer import transcribe
+    from tests.test_metrics import speech_like
+
+    sr = 16000
+    speech = speech_like(seconds=2.0, sample_rate=sr)
+    clips = [speech, np.zeros_like(speech), speech[:1]]
+    stub = types.SimpleNamespace(options=types.SimpleNamespace(num_threads=2), sample_rate=sr)
+    quality = AutoencoderEvaluator._quality(stub, clips, clips)
+    assert quality["skipped/pesq"] == 2 and quality["skipped/stoi"] == 2
+    assert np.isfinite(quality["pesq"]) and np.isfinite(quality["stoi"])
+    hyps = transcribe(clips, sr, 2)
+    assert hyps[1:] == [None, None]
+    texts = ["a b c", "d e", "f"]
+    # the reconstruction of the speech clip is skipped too: it counts as recognized as nothing
+    scalars = _wer_scalars(texts, hyps, [None, "d e", "f"])
+    assert scalars["skipped/wer"] == 2 and scalars["wer/num_utterances"] == 1
+    assert scalars["wer/reconstruction"] == 1.0
+    assert np.isnan(_wer_scalars(texts[1:], hyps[1:], hyps[1:])["wer/original"])
+
+
+def test_flow_eval_leaves_out_texts_whose_original_is_skipped():
+    from f3_jax.evaluators.flow import _generation_scalars
+
+    outs = [{"real_time_factor": 0.5, "seconds": 1.0, "stopped": True}] * 3
+    scalars = _generation_scalars(
+        ["one two", "three", "four"], outs, ["one two", None, "x"], ["one two", "three", None]
+    )
+    assert scalars["skipped/wer"] == 1
+    assert scalars["generation/wer"] == pytest.approx(1 / 3)  # "three" deleted, 3 words kept
+    assert scalars["generation/wer_original_audio"] == 0.0

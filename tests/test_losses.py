@@ -12,14 +12,18 @@ from f3_jax.losses.adversarial import (
     lsgan_generator_loss,
 )
 from f3_jax.losses.spectral import (
+    SC_FLOOR_RMS,
     affine_stft,
+    magnitude,
     mel_distance,
     multi_resolution_stft_loss,
     multi_scale_mel_loss,
+    spectral_convergence,
     stft,
     stfts,
 )
 from f3_jax.metrics.audio import si_sdr
+from f3_jax.metrics.stft_distance import stft_distance
 
 SR = 16000
 WINDOWS, MELS = (64, 256), (10, 40)
@@ -97,6 +101,42 @@ def test_spectral_losses_finite_on_silence(loss):
     assert np.isfinite(float(value)) and bool(jnp.all(jnp.isfinite(grad)))
     grad_ref = jax.grad(lambda x: loss(x, 0.1 * jnp.ones_like(x)))(zeros)
     assert bool(jnp.all(jnp.isfinite(grad_ref)))
+
+
+STAGE1_FFTS = (2048, 1024, 512, 256)  # the default loss.stft_fft_sizes
+
+
+def test_stft_loss_on_speech_like_input_is_unchanged_by_the_silence_floor(signals):
+    """Values computed before the spectral-convergence floor: above it nothing changed."""
+    x, _, bad = signals
+    loss = multi_resolution_stft_loss(x, bad, fft_sizes=STAGE1_FFTS)
+    np.testing.assert_allclose(float(loss), 9.3921537399292, rtol=1e-6)
+    mask = np.ones((2, 3200), np.float32)
+    mask[1, 2000:] = 0.0
+    np.testing.assert_allclose(
+        stft_distance(x, bad, mask=mask), [8.668167114257812, 10.117380142211914], rtol=1e-6
+    )
+
+
+@pytest.mark.parametrize("ref_peak", [0.0, 1e-6])
+def test_spectral_convergence_on_a_silent_reference_is_bounded(signals, ref_peak):
+    """A silent reference used to divide by ~0 (about 1e6 for this estimate). The floor makes
+    the term the estimate's level over SC_FLOOR_RMS, per scale; gradients stay finite."""
+    x, _, bad = signals
+    ref = ref_peak * x / jnp.max(jnp.abs(x))
+    est_rms = float(jnp.sqrt(jnp.mean(jnp.square(bad))))
+    for n in STAGE1_FFTS:
+        sc = spectral_convergence(
+            magnitude(stft(ref, n, n // 4)), magnitude(stft(bad, n, n // 4)), n, eps=1e-5
+        )
+        assert bool(jnp.all(sc < 1.5 * est_rms / SC_FLOOR_RMS)), (n, sc)
+        assert bool(jnp.all(sc > 0.5 * est_rms / SC_FLOOR_RMS)), (n, sc)  # still says "too loud"
+    value, grad = jax.value_and_grad(
+        lambda y: multi_resolution_stft_loss(ref, y, fft_sizes=STAGE1_FFTS)
+    )(bad)
+    # 4 scales of about rms / floor (< 300 each here) plus the log term; it was about 1e6
+    assert float(value) < 2000.0 and bool(jnp.all(jnp.isfinite(grad)))
+    assert bool(jnp.all(stft_distance(ref, bad) < 2000.0))  # the eval metric shares the floor
 
 
 def test_mel_distance_per_example_and_mask(signals):

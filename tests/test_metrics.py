@@ -116,8 +116,60 @@ def test_pesq_failure_is_nan_and_counted(speech):
     scores = intelligibility.pesq_wb(clips, clips, SR, 2)
     assert scores[0] > 4.0 and np.isnan(scores[1:]).all(), scores
     summary = intelligibility.summarize(scores)
-    assert summary["num_failed"] == 3 and summary["num_valid"] == 1
+    assert summary["num_skipped"] == 3 and summary["num_valid"] == 1
     assert summary["mean"] == pytest.approx(scores[0])
+
+
+def _bad_clips(speech):
+    """Clips no metric can score: silence, one sample, too short for any frame."""
+    return {
+        "silence": np.zeros_like(speech),
+        "one_sample": speech[:1],
+        "short": speech[:100],
+    }
+
+
+@pytest.mark.parametrize("metric", [intelligibility.pesq_wb, intelligibility.stoi])
+def test_pesq_and_stoi_skip_unscorable_clips(speech, metric):
+    """A silent, 1-sample or 100-sample reference used to crash STOI (numpy AxisError, or 0.0
+    for silence): each is a skipped clip (NaN, counted), next to a scored one."""
+    bad = _bad_clips(speech)
+    refs = [speech, *bad.values()]
+    scores = metric(refs, refs, SR, 2)
+    assert np.isfinite(scores[0]) and np.isnan(scores[1:]).all(), dict(zip(["ok", *bad], scores))
+    summary = intelligibility.summarize(scores)
+    assert summary["num_skipped"] == len(bad) and summary["num_valid"] == 1
+
+
+def test_stoi_scores_a_silent_estimate_zero(speech):
+    """Only the reference decides a skip: a model that outputs silence gets its low score."""
+    assert intelligibility.stoi([speech], [np.zeros_like(speech)], SR, 1)[0] == 0.0
+
+
+@pytest.mark.parametrize(
+    "library,name",
+    [(intelligibility.pesq_lib, "pesq"), (intelligibility.pystoi, "stoi")],
+)
+def test_a_library_exception_skips_the_clip(speech, monkeypatch, library, name):
+    def broken(*args, **kwargs):
+        raise RuntimeError("library bug")
+
+    monkeypatch.setattr(library, name, broken)
+    metric = intelligibility.pesq_wb if name == "pesq" else intelligibility.stoi
+    scores = metric([speech, speech], [speech, speech], SR, 2)
+    assert np.isnan(scores).all()
+    assert intelligibility.summarize(scores)["num_skipped"] == 2
+
+
+def test_transcribe_skips_short_silent_and_failing_clips(speech, monkeypatch):
+    bad = _bad_clips(speech)
+    assert recognizer.transcribe(list(bad.values()), SR, num_threads=2) == [None] * len(bad)
+
+    def broken(self, wav, sample_rate):
+        raise RuntimeError("decoder failure")
+
+    monkeypatch.setattr(recognizer.Recognizer, "__call__", broken)
+    assert recognizer.transcribe([speech, speech], SR, num_threads=2) == [None, None]
 
 
 def test_threaded_results_keep_input_order(speech, noise):
@@ -156,8 +208,11 @@ def test_wer_corpus_and_per_utterance():
     assert np.isnan(recognizer.word_error_rate([""], ["x"]))
 
 
-def test_transcribe_silence_is_empty():
-    assert recognizer.transcribe([np.zeros(8000, np.float32)], SR, num_threads=1) == [""]
+def test_recognizer_on_silence_is_empty_and_transcribe_skips_it():
+    # pocketsphinx alone hallucinates words on digital silence
+    assert recognizer.Recognizer()(np.zeros(8000, np.float32), SR) == ""
+    # transcribe has nothing to recognize there: None, left out of a WER
+    assert recognizer.transcribe([np.zeros(8000, np.float32)], SR, num_threads=1) == [None]
 
 
 def _piper_sentence(text: str, sample_rate: int) -> np.ndarray:

@@ -58,10 +58,25 @@ def update_info(
         )
     info.update({"format": FORMAT, "version": 1, "sample_rate": sample_rate})
     info.setdefault("splits", {}).update(summaries)
+    _totals(info, encoding)
+    info.update(extra or {})
+    write_json_atomic(os.path.join(root, INFO_NAME), info)
+    return info
+
+
+def _totals(info: dict, encoding: str) -> None:
     encodings = {s.get("encoding", encoding) for s in info["splits"].values()}
     info["encoding"] = encodings.pop() if len(encodings) == 1 else "mixed"
     info["num_examples"] = sum(s["num_examples"] for s in info["splits"].values())
     info["hours"] = sum(s["hours"] for s in info["splits"].values())
-    info.update(extra or {})
+
+
+def drop_split(root: str, split: str) -> None:
+    """Removes `split` from root/dataset_info.json (if listed) before its shards are rewritten,
+    so that the file never lists shards that are not complete."""
+    info = read_info(root)
+    if not info or split not in info.get("splits", {}):
+        return
+    del info["splits"][split]
+    _totals(info, info.get("encoding", ""))
     write_json_atomic(os.path.join(root, INFO_NAME), info)
-    return info

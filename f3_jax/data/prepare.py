@@ -2,11 +2,13 @@
 
     python -m f3_jax.data.prepare --input DIR_OR_GLOB --output DIR [--split train]
         [--manifest FILE] [--sample_rate 24000] [--num_shards N] [--format flac|pcm16]
-        [--workers N]
+        [--workers N] [--min_seconds 0.1] [--overwrite]
 
 Every file is decoded (soundfile, librosa fallback), mixed to mono and resampled with soxr.
-A file that cannot be decoded, is empty or holds NaN/Inf is skipped and listed with its reason
-in dataset_info.json. Rerunning after an interruption completes only the missing shards.
+A file that cannot be decoded, is empty, holds NaN/Inf or is shorter than --min_seconds is
+skipped and listed with its reason in dataset_info.json. Rerunning after an interruption
+completes only the missing shards; a split that dataset_info.json lists as complete is replaced
+only with --overwrite.
 """
 
 from __future__ import annotations
@@ -19,12 +21,16 @@ import sys
 
 from f3_jax.data import records
 from f3_jax.data.audio_io import AUDIO_EXTENSIONS, load_audio
-from f3_jax.data.dataset_info import update_info
+from f3_jax.data.dataset_info import drop_split, read_info, update_info
 from f3_jax.data.errors import DataError
-from f3_jax.data.shards import Job, Result, worker_pool, write_split
+from f3_jax.data.shards import Job, Result, foreign_files, worker_pool, write_split
 from f3_jax.data.transcripts import Entry, LayoutTranscripts, read_manifest
 
 FILES_PER_SHARD = 1024  # for --num_shards 0 (auto)
+# Shorter clips are skipped. 0.1 s is 5 latent frames of the 24 kHz configs (hop 480 = 0.02 s),
+# more than one stage-3 patch of 4 frames; a shorter clip holds no word to transcribe. (Eval
+# still skips, and counts, clips its metrics cannot score: PESQ needs about a quarter second.)
+DEFAULT_MIN_SECONDS = 0.1
 
 
 def find_audio(pattern: str) -> tuple[list[str], str]:
@@ -53,7 +59,12 @@ def _uid(path: str, root: str) -> str:
 
 
 def make_jobs(
-    paths: list[str], root: str, manifest: str | None, sample_rate: int, encoding: str
+    paths: list[str],
+    root: str,
+    manifest: str | None,
+    sample_rate: int,
+    encoding: str,
+    min_seconds: float = DEFAULT_MIN_SECONDS,
 ) -> list[Job]:
     entries = read_manifest(manifest) if manifest else {}
     layout = LayoutTranscripts()
@@ -61,21 +72,51 @@ def make_jobs(
     for p in paths:
         entry = entries.get(os.path.realpath(p)) or Entry(text=layout(p))
         uid = entry.uid or _uid(p, root)
-        jobs.append(Job(p, (p, uid, entry.text, dict(entry.labels), sample_rate, encoding)))
+        args = (p, uid, entry.text, dict(entry.labels), sample_rate, encoding, min_seconds)
+        jobs.append(Job(p, args))
     return jobs
 
 
 def prepare_one(job: Job) -> Result:
     """Worker: one file -> record bytes, or the reason it is skipped. Never raises."""
-    path, uid, text, labels, sample_rate, encoding = job.args
+    path, uid, text, labels, sample_rate, encoding, min_seconds = job.args
     try:
         wav = load_audio(path, sample_rate)
+        # At least one sample even with --min_seconds 0: resampling can leave none.
+        if wav.shape[0] < max(1, round(min_seconds * sample_rate)):
+            return Result(
+                None,
+                reason=f"too short: {wav.shape[0]} samples ({wav.shape[0] / sample_rate:.4f} s) "
+                f"at {sample_rate} Hz, under min_seconds={min_seconds:g}",
+            )
         rec = records.encode(
             wav, sample_rate=sample_rate, uid=uid, text=text, labels=labels, encoding=encoding
         )
     except Exception as e:  # any failure of one file must not stop the others
         return Result(None, reason=f"{type(e).__name__}: {e}")
     return Result(rec, seconds=wav.shape[0] / sample_rate, label_names=tuple(labels))
+
+
+def check_output(output: str, split: str, overwrite: bool) -> None:
+    """DataError unless `output` can take `split`: it must be a directory (or not exist yet),
+    and a split listed as complete in its dataset_info.json, or a split directory holding
+    files the writer did not make, is replaced only with overwrite."""
+    if os.path.exists(output) and not os.path.isdir(output):
+        raise DataError(f"--output {output} is a file, not a directory")
+    if overwrite:
+        return
+    split_dir = os.path.join(output, split)
+    info = read_info(output)
+    if info and split in info.get("splits", {}):
+        raise DataError(
+            f"{split_dir} already holds split {split!r}: pass --overwrite to replace it"
+        )
+    foreign = foreign_files(output, split)
+    if foreign:
+        raise DataError(
+            f"{split_dir} holds files that are not shards of a split ({', '.join(foreign[:3])}"
+            f"{', ...' if len(foreign) > 3 else ''}): pass --overwrite to delete them"
+        )
 
 
 def prepare(
@@ -88,13 +129,29 @@ def prepare(
     num_shards: int = 0,
     encoding: str = "flac",
     workers: int = 2,
+    min_seconds: float = DEFAULT_MIN_SECONDS,
+    overwrite: bool = False,
 ) -> dict:
     """Library entry point of the CLI; returns the updated dataset_info."""
+    if sample_rate <= 0:
+        raise DataError(f"sample_rate={sample_rate} must be a positive rate in Hz")
+    if not min_seconds >= 0:  # also catches nan
+        raise DataError(f"min_seconds={min_seconds} must be >= 0")
+    check_output(output, split, overwrite)
     paths, root = find_audio(input_pattern)
-    jobs = make_jobs(paths, root, manifest, sample_rate, encoding)
+    jobs = make_jobs(paths, root, manifest, sample_rate, encoding, min_seconds)
     num_shards = num_shards or math.ceil(len(jobs) / FILES_PER_SHARD)
-    settings = {"sample_rate": sample_rate, "encoding": encoding, "manifest": manifest or ""}
-    os.makedirs(output, exist_ok=True)
+    settings = {
+        "sample_rate": sample_rate,
+        "encoding": encoding,
+        "manifest": manifest or "",
+        "min_seconds": min_seconds,
+    }
+    try:
+        os.makedirs(output, exist_ok=True)
+    except OSError as e:  # a file on the way (out.txt/dir), no permission, ...
+        raise DataError(f"cannot create --output {output}: {e}") from e
+    drop_split(output, split)  # listed again once every shard is complete
     with worker_pool(min(workers, len(jobs))) as map_fn:
         summary = write_split(
             output,
@@ -109,6 +166,17 @@ def prepare(
     return update_info(output, {split: summary}, sample_rate=sample_rate, encoding=encoding)
 
 
+def _bad_flag(a: argparse.Namespace) -> str:
+    """The first flag value that cannot work, as a one-line message ('' if none)."""
+    if a.sample_rate <= 0:
+        return f"--sample_rate={a.sample_rate} must be a positive rate in Hz"
+    if not a.min_seconds >= 0:  # also catches nan
+        return f"--min_seconds={a.min_seconds} must be >= 0"
+    if a.num_shards < 0:
+        return f"--num_shards={a.num_shards} must be >= 0 (0: one shard per 1024 files)"
+    return ""
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--input", required=True, help="directory (searched recursively) or glob")
@@ -119,7 +187,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--num_shards", type=int, default=0, help="0: one per 1024 files")
     ap.add_argument("--format", choices=records.ENCODINGS, default="flac")
     ap.add_argument("--workers", type=int, default=2, help="decode processes (0: in-process)")
+    ap.add_argument(
+        "--min_seconds",
+        type=float,
+        default=DEFAULT_MIN_SECONDS,
+        help=f"skip clips shorter than this (default {DEFAULT_MIN_SECONDS} s: 5 latent frames "
+        "of the 24 kHz configs, whose hop is 480 samples = 0.02 s)",
+    )
+    ap.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a split the output already holds (without it: an error, exit 2)",
+    )
     a = ap.parse_args(argv)
+    bad = _bad_flag(a)
+    if bad:
+        print(f"error: {bad}", file=sys.stderr)
+        return 2
     try:
         info = prepare(
             a.input,
@@ -130,6 +214,8 @@ def main(argv: list[str] | None = None) -> int:
             num_shards=a.num_shards,
             encoding=a.format,
             workers=a.workers,
+            min_seconds=a.min_seconds,
+            overwrite=a.overwrite,
         )
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)

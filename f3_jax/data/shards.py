@@ -15,6 +15,7 @@ import hashlib
 import json
 import multiprocessing
 import os
+import re
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -48,6 +49,19 @@ class Result:
 
 def shard_names(split: str, num_shards: int) -> list[str]:
     return [f"{split}/{split}-{i:05d}-of-{num_shards:05d}.array_record" for i in range(num_shards)]
+
+
+def foreign_files(root: str, split: str) -> list[str]:
+    """Files in root/<split>/ that this writer did not make (shards of any count, their
+    sidecars and temporary files), sorted. write_split deletes whatever it does not keep, so
+    a caller must not let it loose on a directory holding anything else."""
+    split_dir = os.path.join(root, split)
+    if not os.path.isdir(split_dir):
+        return []
+    ours = re.compile(
+        rf"{re.escape(split)}-\d{{5}}-of-\d{{5}}\.array_record(\.json)?(\.tmp(\.\d+)?)?"
+    )
+    return sorted(f for f in os.listdir(split_dir) if not ours.fullmatch(f))
 
 
 def _split_jobs(jobs: Sequence[Job], num_shards: int) -> list[list[Job]]:

@@ -7,10 +7,13 @@ Per checkpoint, on every utterance of the split:
   fixed per batch, so every checkpoint sees the same noise). Each sigma costs a decoder pass,
   so the curve covers the first batches of the split only (ROBUSTNESS_EXAMPLES utterances);
 - on host threads: wideband PESQ, STOI (mean over the clips they can score, and the number
-  they cannot), and pocketsphinx transcripts of the reconstructions scored against the
-  transcripts, next to the recognizer's WER on the original audio (computed once per split and
-  cached: it does not depend on the checkpoint) and the difference of the two. pocketsphinx is
-  far from perfect on clean speech, so only the difference says what the codec costs.
+  they skip: `skipped/pesq`, `skipped/stoi`), and pocketsphinx transcripts of the
+  reconstructions scored against the transcripts, next to the recognizer's WER on the original
+  audio (computed once per split and cached: it does not depend on the checkpoint) and the
+  difference of the two. pocketsphinx is far from perfect on clean speech, so only the
+  difference says what the codec costs. An utterance whose original audio the recognizer skips
+  (silent, too short, or it raised) is left out of both WERs and counted (`skipped/wer`); a
+  reconstruction it skips counts as recognized as nothing, since that is the codec's doing.
 Spectrogram pairs and audio of the first utterances go to the report and TensorBoard.
 """
 
@@ -168,7 +171,7 @@ class AutoencoderEvaluator:
         for name, fn in (("pesq", intelligibility.pesq_wb), ("stoi", intelligibility.stoi)):
             summary = intelligibility.summarize(fn(refs, ests, self.sample_rate, n))
             out[name] = summary["mean"]
-            out[f"{name}_failed"] = float(summary["num_failed"])
+            out[f"skipped/{name}"] = float(summary["num_skipped"])
         return out
 
     def _transcripts_of_originals(self, split: str, ids: list, refs: list) -> list[str]:
@@ -184,18 +187,21 @@ HOST_KEYS = ("mel_distance", "stft_distance", "si_sdr", "robustness")
 
 
 def _wer_scalars(texts: list, hyps_orig: list, hyps_rec: list) -> dict[str, float]:
-    """WER of the recognizer on original and reconstructed audio, over utterances with text."""
-    keep = [i for i, t in enumerate(texts) if t.strip()]
-    if not keep:
+    """WER of the recognizer on original and reconstructed audio, over utterances with text
+    whose original audio it did not skip (None); a skipped reconstruction counts as ''."""
+    with_text = [i for i, t in enumerate(texts) if t.strip()]
+    if not with_text:
         return {}
+    keep = [i for i in with_text if hyps_orig[i] is not None]
     refs = [texts[i] for i in keep]
-    orig = word_error_rate(refs, [hyps_orig[i] for i in keep])
-    rec = word_error_rate(refs, [hyps_rec[i] for i in keep])
+    orig = word_error_rate(refs, [hyps_orig[i] for i in keep])  # NaN when keep is empty
+    rec = word_error_rate(refs, [hyps_rec[i] or "" for i in keep])
     return {
         "wer/original": orig,
         "wer/reconstruction": rec,
         "wer/difference": rec - orig,
         "wer/num_utterances": float(len(keep)),
+        "skipped/wer": float(len(with_text) - len(keep)),
     }
 
 
@@ -258,8 +264,11 @@ def _latent_panel(summary: dict) -> dict:
 
 
 def _transcript_panel(texts: list, hyps_orig: list, hyps_rec: list, ids: list) -> dict:
+    shown = lambda hyp: "(skipped)" if hyp is None else hyp
     rows = [
-        [ids[i], texts[i], hyps_orig[i], hyps_rec[i]] for i in range(len(ids)) if texts[i].strip()
+        [ids[i], texts[i], shown(hyps_orig[i]), shown(hyps_rec[i])]
+        for i in range(len(ids))
+        if texts[i].strip()
     ][:NUM_TRANSCRIPT_ROWS]
     return {
         "kind": "table",

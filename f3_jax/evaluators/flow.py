@@ -9,6 +9,9 @@ Per checkpoint:
   word error rate of the offline recognizer (pocketsphinx) on the generated speech, next to its
   WER on the split's original recordings of the same texts (computed once), the real-time
   factor, the generated length and how often the stop head (not the length cap) ended it.
+  Texts whose original recording the recognizer skips (silent, too short, or it raised) are
+  left out of both WERs and counted (`skipped/wer`); generated speech it skips counts as
+  recognized as nothing, since that is the model's doing.
 """
 
 from __future__ import annotations
@@ -31,7 +34,8 @@ class FlowEvaluator:
         self.config = config
         self.trainer = trainer
         self.options = options
-        self._reference: dict[str, list[str]] = {}  # split -> recognizer output on originals
+        # split -> recognizer output on the originals (None: skipped)
+        self._reference: dict[str, list[str | None]] = {}
 
     def _generate(self, params: dict, texts: list[str]) -> list[dict]:
         gen = self.trainer.generator()
@@ -58,17 +62,7 @@ class FlowEvaluator:
         hyps = transcribe([o["audio"] for o in outs], sr, threads) if outs else []
         if split not in self._reference:
             self._reference[split] = transcribe(originals, sr, threads) if originals else []
-        if texts:
-            scalars |= {
-                "generation/wer": word_error_rate(texts, hyps),
-                "generation/wer_original_audio": word_error_rate(texts, self._reference[split]),
-                "generation/real_time_factor": float(
-                    np.mean([o["real_time_factor"] for o in outs])
-                ),
-                "generation/seconds": float(np.mean([o["seconds"] for o in outs])),
-                "generation/stopped_fraction": float(np.mean([o["stopped"] for o in outs])),
-                "generation/num_utterances": float(len(texts)),
-            }
+        scalars |= _generation_scalars(texts, outs, hyps, self._reference[split])
         headline = {
             "flow/loss": "lower",
             "flow/teacher_forced_mel_distance": "lower",
@@ -80,6 +74,26 @@ class FlowEvaluator:
         }
         panels = [_loss_panel(scalars), _transcript_panel(ids, texts, hyps)]
         return EvalResult(scalars, headline, [p for p in panels if p], audio=audio, sample_rate=sr)
+
+
+def _generation_scalars(
+    texts: list[str], outs: list[dict], hyps: list, reference: list
+) -> dict[str, float]:
+    """WERs over the texts whose original the recognizer did not skip (reference None), a
+    skipped generation counting as ''; and length, speed and stop statistics of all."""
+    if not texts:
+        return {}
+    keep = [i for i, ref in enumerate(reference) if ref is not None]
+    kept = [texts[i] for i in keep]
+    return {
+        "generation/wer": word_error_rate(kept, [hyps[i] or "" for i in keep]),
+        "generation/wer_original_audio": word_error_rate(kept, [reference[i] for i in keep]),
+        "skipped/wer": float(len(texts) - len(keep)),
+        "generation/real_time_factor": float(np.mean([o["real_time_factor"] for o in outs])),
+        "generation/seconds": float(np.mean([o["seconds"] for o in outs])),
+        "generation/stopped_fraction": float(np.mean([o["stopped"] for o in outs])),
+        "generation/num_utterances": float(len(texts)),
+    }
 
 
 def _loss_panel(scalars: dict) -> dict | None:
@@ -104,7 +118,7 @@ def _loss_panel(scalars: dict) -> dict | None:
 def _transcript_panel(ids: list, texts: list, hyps: list) -> dict | None:
     if not texts:
         return None
-    rows = [[i, t, h] for i, t, h in zip(ids, texts, hyps)][:NUM_TRANSCRIPT_ROWS]
+    rows = [[i, t, h or ""] for i, t, h in zip(ids, texts, hyps)][:NUM_TRANSCRIPT_ROWS]
     return {
         "kind": "table",
         "title": "Held-out transcripts spoken by the model, as the recognizer heard them",

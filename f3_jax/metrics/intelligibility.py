@@ -8,16 +8,20 @@ Inputs are either a padded (N, L) array with `lengths` (N,) or a `mask` (N, L) (
 at the end), or a sequence of 1-D arrays. A reference and its estimate are cut to their common
 length, as decoders may return a few samples more than they were given.
 
-Failures: PESQ refuses some clips (the `pesq` package raises `NoUtterancesError` on silence and
-`BufferTooShortError` on clips under about a quarter second). Such a clip scores NaN instead of
-stopping the evaluation; an all-zero reference or estimate is scored NaN without calling PESQ
-(PESQ would divide by its zero peak). STOI returns the sentinel 1e-5 when a clip has too few
-non-silent frames (pystoi warns); that clip scores NaN too. `summarize` gives the mean over the
-valid clips and the number of NaNs, which an evaluation should report next to the mean.
+Skipped clips: a clip a metric cannot score is NaN (skipped) instead of stopping the evaluation,
+and `summarize` counts them, which an evaluation reports next to the mean (`skipped/pesq`).
+PESQ refuses some clips (the `pesq` package raises `NoUtterancesError` on silence and
+`BufferTooShortError` on clips under about a quarter second); an all-zero reference or estimate
+is skipped without calling PESQ (it would divide by its zero peak). STOI skips an all-zero
+reference (pystoi scores it 0) and returns the sentinel 1e-5 when a clip has too few non-silent
+frames (pystoi warns); a clip shorter than one of its frames makes pystoi raise. Any other
+exception of either library skips that clip too, with a warning in the log. A silent estimate
+of a real reference is scored by STOI (0: nothing intelligible), not skipped.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
@@ -31,6 +35,8 @@ PESQ_RATE = 16000  # wideband PESQ (P.862.2) is defined at 16 kHz only
 _STOI_TOO_SHORT = 1e-5  # what pystoi returns instead of a score when too few frames remain
 
 Waves = np.ndarray | Sequence[np.ndarray]
+
+_log = logging.getLogger(__name__)
 
 
 def unpad(
@@ -75,19 +81,33 @@ def _map_pairs(
         return np.asarray(list(pool.map(lambda p: fn(*p), pairs)), dtype=np.float64)
 
 
+def _skipped(metric: str, error: Exception) -> float:
+    # One clip's failure must not stop an evaluation of many; the count reports it, the log
+    # says why (a library's refusal of the clip is expected and not logged).
+    if not isinstance(error, pesq_lib.PesqError):
+        _log.warning("%s skipped a clip: %s: %s", metric, type(error).__name__, error)
+    return float("nan")
+
+
 def _pesq_one(ref: np.ndarray, est: np.ndarray, sample_rate: int) -> float:
     if not ref.any() or not est.any():
         return float("nan")
-    ref16, est16 = resample(ref, sample_rate, PESQ_RATE), resample(est, sample_rate, PESQ_RATE)
     try:
+        ref16 = resample(ref, sample_rate, PESQ_RATE)
+        est16 = resample(est, sample_rate, PESQ_RATE)
         return float(pesq_lib.pesq(PESQ_RATE, ref16, est16, "wb"))
-    except pesq_lib.PesqError:  # no utterances / too short: a property of the clip, not a bug
-        return float("nan")
+    except Exception as e:  # no utterances / too short: a property of the clip, not a bug
+        return _skipped("PESQ", e)
 
 
 def _stoi_one(ref: np.ndarray, est: np.ndarray, sample_rate: int) -> float:
-    # pystoi resamples to its internal 10 kHz itself, so it gets the native rate.
-    score = float(pystoi.stoi(ref, est, sample_rate, extended=False))
+    if not ref.any():
+        return float("nan")  # nothing to be intelligible: pystoi would say 0
+    try:
+        # pystoi resamples to its internal 10 kHz itself, so it gets the native rate.
+        score = float(pystoi.stoi(ref, est, sample_rate, extended=False))
+    except Exception as e:  # e.g. numpy's AxisError on a clip shorter than one frame
+        return _skipped("STOI", e)
     return float("nan") if score == _STOI_TOO_SHORT else score
 
 
@@ -100,7 +120,7 @@ def pesq_wb(
     lengths: Sequence[int] | np.ndarray | None = None,
     mask: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Wideband PESQ (MOS-LQO, about 1.0 to 4.64) per clip, (N,) float64; NaN where it fails.
+    """Wideband PESQ (MOS-LQO, about 1.0 to 4.64) per clip, (N,) float64; NaN where skipped.
 
     Clips are resampled to 16 kHz with soxr first.
     """
@@ -117,14 +137,15 @@ def stoi(
     lengths: Sequence[int] | np.ndarray | None = None,
     mask: np.ndarray | None = None,
 ) -> np.ndarray:
-    """STOI (0 to 1) per clip, (N,) float64; NaN for clips too short or silent to score."""
+    """STOI (0 to 1) per clip, (N,) float64; NaN (skipped) for clips too short or silent to
+    score, or that pystoi fails on."""
     pairs = _pairs(refs, ests, lengths, mask)
     return _map_pairs(lambda r, e: _stoi_one(r, e, sample_rate), pairs, num_threads)
 
 
 def summarize(scores: np.ndarray) -> dict[str, float]:
-    """Mean over the finite scores, and how many clips were valid and failed (NaN)."""
+    """Mean over the finite scores, and how many clips were valid and skipped (NaN)."""
     scores = np.asarray(scores, dtype=np.float64)
     valid = np.isfinite(scores)
     mean = float(scores[valid].mean()) if valid.any() else float("nan")
-    return {"mean": mean, "num_valid": int(valid.sum()), "num_failed": int((~valid).sum())}
+    return {"mean": mean, "num_valid": int(valid.sum()), "num_skipped": int((~valid).sum())}

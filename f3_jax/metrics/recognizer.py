@@ -9,11 +9,14 @@ Both sides are normalized before scoring (lowercase, apostrophes dropped, other 
 a space, whitespace collapsed) so that "Hello, World." and "hello world" match exactly.
 
 An all-zero clip transcribes to '' without decoding: pocketsphinx returns a word or two for
-digital silence.
+digital silence. `transcribe` returns None (skipped) for a clip it has nothing to recognize in
+(all zeros, or shorter than MIN_SECONDS) and for a clip the decoder raises on; evaluations leave
+an utterance out of a WER when its original audio is skipped, and count it.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -25,6 +28,9 @@ from f3_jax.metrics.intelligibility import Waves, unpad
 from f3_jax.metrics.wer import normalize_text, utterance_word_error_rates, word_error_rate
 
 RECOGNIZER_RATE = 16000  # the bundled en-us acoustic model's rate
+MIN_SECONDS = 0.1  # a shorter clip holds no word (and a few of the recognizer's 10 ms frames)
+
+_log = logging.getLogger(__name__)
 
 
 class Recognizer:
@@ -56,18 +62,25 @@ def transcribe(
     *,
     lengths: Sequence[int] | np.ndarray | None = None,
     mask: np.ndarray | None = None,
-) -> list[str]:
-    """Transcripts of a batch (padded (N, L) with lengths/mask, or a list of 1-D clips), in order.
+) -> list[str | None]:
+    """Transcripts of a batch (padded (N, L) with lengths/mask, or a list of 1-D clips), in order;
+    None for a skipped clip (silent, shorter than MIN_SECONDS, or the decoder raised).
 
     Each worker thread builds its own Recognizer on first use and keeps it for the batch.
     """
     clips = unpad(wavs, lengths, mask)
     local = threading.local()
 
-    def run(clip: np.ndarray) -> str:
-        if not hasattr(local, "recognizer"):
+    def run(clip: np.ndarray) -> str | None:
+        if clip.shape[0] < MIN_SECONDS * sample_rate or not clip.any():
+            return None
+        if not hasattr(local, "recognizer"):  # outside the try: a missing model is no skip
             local.recognizer = Recognizer()
-        return local.recognizer(clip, sample_rate)
+        try:
+            return local.recognizer(clip, sample_rate)
+        except Exception as e:  # one clip's failure must not stop the evaluation
+            _log.warning("recognizer skipped a clip: %s: %s", type(e).__name__, e)
+            return None
 
     if num_threads <= 1 or len(clips) <= 1:
         return [run(c) for c in clips]
@@ -76,6 +89,7 @@ def transcribe(
 
 
 __all__ = [
+    "MIN_SECONDS",
     "RECOGNIZER_RATE",
     "Recognizer",
     "normalize_text",

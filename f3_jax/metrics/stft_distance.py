@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from f3_jax.losses.spectral import magnitude, stft
+from f3_jax.losses.spectral import magnitude, spectral_convergence, stft
 
 STFT_FFT_SIZES = (2048, 1024, 512, 256)
 
@@ -34,7 +34,8 @@ def stft_distance(
     mask: jax.Array | None = None,
     eps: float = 1e-5,
 ) -> jax.Array:
-    """(B,) sum over FFT sizes of mean |log |X| - log |Y|| + ||Y| - |X||_F / ||X||_F.
+    """(B,) sum over FFT sizes of mean |log |X| - log |Y|| + ||Y| - |X||_F / ||X||_F (its
+    denominator floored on silent references, as in the loss: `spectral_convergence`).
 
     x = reference, y = estimate, both (B, L); mask (B, L), 1 = real audio, 0 = padding.
     """
@@ -50,7 +51,5 @@ def stft_distance(
         cells = jnp.maximum(jnp.sum(fm, axis=(1, 2)) * mag_x.shape[2], 1.0)
         log_diff = jnp.abs(jnp.log(mag_x + eps) - jnp.log(mag_y + eps))
         log_l1 = jnp.sum(log_diff * fm, axis=(1, 2)) / cells
-        num = jnp.sqrt(jnp.sum(jnp.square(mag_y - mag_x) * fm, axis=(1, 2)) + 1e-12)
-        den = jnp.sqrt(jnp.sum(jnp.square(mag_x) * fm, axis=(1, 2)) + eps)
-        total = total + log_l1 + num / den
+        total = total + log_l1 + spectral_convergence(mag_x, mag_y, n, eps=eps, frame_mask=fm)
     return total
