@@ -34,6 +34,7 @@ from absl import logging
 from etils import epath
 
 from f3_jax import storage
+from f3_jax.errors import UserError
 from f3_jax.version import __version__
 
 EXPORT_DIR = "export"
@@ -42,11 +43,11 @@ EXPORT_DIR = "export"
 REQUIRED_FILES = ("_CHECKPOINT_METADATA", "state/_METADATA", "state/manifest.ocdbt")
 
 
-class CheckpointMismatchError(ValueError):
+class CheckpointMismatchError(UserError, ValueError):
     """A checkpoint whose tree does not match the model being restored."""
 
 
-class UnreadableCheckpointError(RuntimeError):
+class UnreadableCheckpointError(UserError, RuntimeError):
     """A committed checkpoint step whose files cannot be read back."""
 
 

@@ -13,10 +13,13 @@ from collections.abc import Callable
 
 import ml_collections
 
+from f3_jax import config_docs
+from f3_jax.errors import UserError
+
 STAGES = ("autoencoder", "representation", "flow")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config value that cannot work; the message names the field."""
 
 
@@ -145,8 +148,8 @@ def autoencoder_defaults() -> ml_collections.ConfigDict:
 def _frozen_precision(group: ml_collections.ConfigDict) -> None:
     """Precision of a frozen earlier stage run inside this stage's steps (no gradients for its
     weights, which stay outside the optimizer)."""
-    group.dtype = ""  # compute dtype: "" = as trained (its export's compute_dtype), or
-    # "float32" / "bfloat16"
+    # Its compute dtype: "" = as trained (its export's compute_dtype), "float32" or "bfloat16".
+    group.dtype = ""
     group.param_dtype = "float32"  # storage dtype of its weights ("bfloat16" halves them)
 
 
@@ -316,6 +319,23 @@ _DEFAULTS = {
     "representation": representation_defaults,
     "flow": flow_defaults,
 }
+
+
+def doc_sources(stage: str) -> list[tuple]:
+    """(defaults function, group) pairs whose comments document the stage's fields."""
+    shared = [(data_defaults, "data"), (mesh_defaults, "mesh")]
+    if stage == "autoencoder":
+        return shared + [(autoencoder_defaults, "")]
+    frozen = [(_frozen_precision, "autoencoder")]
+    if stage == "flow":
+        frozen.append((_frozen_precision, "representation"))
+    root = representation_defaults if stage == "representation" else flow_defaults
+    return shared + [(train_defaults, "train"), (adamw_defaults, "optim")] + frozen + [(root, "")]
+
+
+def describe(config: ml_collections.ConfigDict) -> str:
+    """Every field of a resolved config with its value and meaning (--print_config)."""
+    return config_docs.describe(config, config_docs.field_docs(doc_sources(config.stage)))
 
 
 def defaults_for(stage: str) -> ml_collections.ConfigDict:

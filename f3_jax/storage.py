@@ -26,12 +26,14 @@ from collections.abc import Callable, Iterator, Sequence
 
 from etils import epath
 
+from f3_jax.errors import UserError
+
 # Written by process 0, read back by every process: see check_workdir_shared.
 SHARED_CHECK_NAME = ".f3_jax_shared_check"
 _CHUNK = 8 << 20
 
 
-class WorkdirError(RuntimeError):
+class WorkdirError(UserError, RuntimeError):
     """A workdir that cannot be written, or that not every process can reach."""
 
 

@@ -108,6 +108,7 @@ class SummaryWriter:
         self._last_mirror = time.monotonic()
         self._num_events_files = 0
         self._bins = None
+        self._closed = False
         if self.enabled:
             if self.remote:
                 self._local = tempfile.mkdtemp(prefix="f3_jax_summary_")
@@ -116,8 +117,8 @@ class SummaryWriter:
             else:
                 self._local = logdir
                 os.makedirs(logdir, exist_ok=True)
-            self._open_events()
-            self._jsonl = open(os.path.join(self._local, METRICS_NAME), "a")
+            # The events and metrics files are opened by the first write: a run that fails
+            # before it logs anything leaves no empty files behind.
 
     def _download(self, name: str) -> None:
         """The logdir's `name` (an earlier run's) into the staging directory, to append to."""
@@ -148,11 +149,20 @@ class SummaryWriter:
             return False
 
     def _add(self, summary, step: int) -> None:
+        if self._events is None:
+            self._open_events()
         self._events.add(summary, step)
 
+    def _write_jsonl(self, record: dict) -> None:
+        if self._jsonl is None:
+            self._jsonl = open(os.path.join(self._local, METRICS_NAME), "a")
+        self._jsonl.write(json.dumps(record) + "\n")
+
     def _flush_files(self) -> None:
-        self._events.flush()
-        self._jsonl.flush()
+        if self._events is not None:
+            self._events.flush()
+        if self._jsonl is not None:
+            self._jsonl.flush()
         if self._batch_ids is not None:
             self._batch_ids.flush()
 
@@ -166,7 +176,7 @@ class SummaryWriter:
         self._flush_files()
         if not self._upload():
             return
-        if self._events.size() >= self.roll_bytes:
+        if self._events is not None and self._events.size() >= self.roll_bytes:
             self._events.close()
             done = self._events
             self._open_events()
@@ -193,7 +203,7 @@ class SummaryWriter:
 
         if not self.enabled:
             return
-        record = {"step": int(step)}
+        record = {"step": int(step), "wall_time": round(time.time(), 3)}
         for name, value in values.items():
             value = np.asarray(value)
             if value.ndim == 0:
@@ -204,7 +214,7 @@ class SummaryWriter:
                     self._bins = _default_bins()
                 values_1d = value.reshape(-1).astype(np.float64)
                 self._add(summary.histogram(name, values_1d, self._bins), step)
-        self._jsonl.write(json.dumps(record) + "\n")
+        self._write_jsonl(record)
         self._flush_files()
         self._sync()
 
@@ -244,15 +254,18 @@ class SummaryWriter:
             self._add(summary.image(name, image, dataformats="HWC"), step)
 
     def flush(self) -> None:
-        if self.enabled and self._events is not None:
+        if self.enabled:
             self._flush_files()
             self._sync(force=True)
 
     def close(self) -> None:
-        if not self.enabled or self._events is None:
+        if not self.enabled or self._closed:
             return
-        self._events.close()
-        self._jsonl.close()
+        self._closed = True
+        if self._events is not None:
+            self._events.close()
+        if self._jsonl is not None:
+            self._jsonl.close()
         if self._batch_ids is not None:
             self._batch_ids.close()
         if self._mirror is not None:
@@ -288,46 +301,3 @@ def mel_image(wavs: dict, sample_rate: int) -> np.ndarray:
     from PIL import Image
 
     return np.asarray(Image.open(buf).convert("RGB"))
-
-
-class Progress:
-    """The one-line report: step, steps/s, audio-seconds/s and ETA."""
-
-    def __init__(self, total_steps: int, audio_seconds_per_step: float, start_step: int):
-        self.total = total_steps
-        self.audio_per_step = audio_seconds_per_step
-        self._last_step = start_step
-        self._last_time = time.perf_counter()
-
-    def report(self, step: int, metrics: dict) -> dict:
-        now = time.perf_counter()
-        rate = (step - self._last_step) / max(now - self._last_time, 1e-9)
-        self._last_step, self._last_time = step, now
-        eta = (self.total - step) / rate if rate > 0 else float("inf")
-        shown = " ".join(
-            f"{k.split('/')[-1]}={float(v):.4g}"
-            for k, v in metrics.items()
-            if k.startswith("loss/")
-        )
-        logging.info(
-            "step %d/%d | %.2f steps/s | %.1f audio-s/s | %s | ETA %s",
-            step,
-            self.total,
-            rate,
-            rate * self.audio_per_step,
-            shown,
-            _duration(eta),
-        )
-        return {
-            "perf/steps_per_second": rate,
-            "perf/audio_seconds_per_second": rate * self.audio_per_step,
-        }
-
-
-def _duration(seconds: float) -> str:
-    if not np.isfinite(seconds):
-        return "?"
-    seconds = int(seconds)
-    h, rest = divmod(seconds, 3600)
-    m, s = divmod(rest, 60)
-    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"

@@ -16,22 +16,29 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app, flags, logging
+from absl import flags, logging
 from jax.experimental import multihost_utils
 from ml_collections import config_flags
 
-from f3_jax import checkpoint, data, parallel, storage, trainers
+from f3_jax import checkpoint, cli, data, parallel, storage, trainers
 from f3_jax import config as config_lib
+from f3_jax.errors import UsageError
 from f3_jax.parallel import to_host
 from f3_jax.preemption import GCE_MAINTENANCE_URL, MaintenanceWatcher, PreemptionWatcher
 from f3_jax.prefetch import DevicePrefetch
-from f3_jax.summary import Progress, SummaryWriter
+from f3_jax.progress import Progress
+from f3_jax.summary import SummaryWriter
 from f3_jax.workdir_lock import WorkdirLock, WorkdirLockedError
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file (configs/*.py).", lock_config=True
 )
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints and logs go.")
+_PRINT_CONFIG = flags.DEFINE_bool(
+    "print_config",
+    False,
+    "Print every field of --config (overrides applied) with its meaning; exit.",
+)
 _COORDINATOR = flags.DEFINE_string(
     "coordinator_address", None, "host:port of process 0 for multi-process runs."
 )
@@ -209,8 +216,13 @@ def validate(trainer, config, mesh, state, step: int, writer: SummaryWriter) -> 
     result = {f"valid/{k}": v / max(w, 1e-9) for k, (v, w) in sums.items()}
     result |= {f"valid/{k}": v for k, v in extra.items()}
     writer.scalars(step, result)
+    shown = [f"valid/{k}" for k in trainer.headline_metrics if f"valid/{k}" in result]
+    more = len(result) - len(shown)
     logging.info(
-        "validation at step %d: %s", step, ", ".join(f"{k}={v:.4g}" for k, v in result.items())
+        "validation at step %d: %s%s",
+        step,
+        ", ".join(f"{k.removeprefix('valid/')}={result[k]:.4g}" for k in shown),
+        f" (and {more} more metrics in TensorBoard and train/metrics.jsonl)" if more else "",
     )
     return result
 
@@ -290,6 +302,16 @@ def train_locked(config, workdir: str) -> None:
     elif restored:
         data_iter.set_state(restored.data_state)
     state = restored.state if restored else trainer.initial_state()
+    logging.info(
+        "%s: %.1f M trained parameters, batch %d x %g s, steps %d to %d; "
+        "the first step compiles the train step first",
+        config.stage,
+        trainer.parameter_count() / 1e6,
+        train_t.batch_size,
+        config.data.crop_seconds,
+        start + 1,
+        train_t.steps,
+    )
     batches = DevicePrefetch(
         data_iter,
         lambda local: parallel.global_batch(trainer.host_batch(local), mesh),
@@ -350,7 +372,15 @@ class StepSaver:
         # Returns once the state is on the host; files are written in the background.
         self.ckpt.save(step, state, data_state, self.config, force=True)
         self.saved_step = step
-        self.exports.submit(self.trainer.export_later(self.workdir, state, step))
+        logging.info("checkpoint of step %d: %s/%d", step, self.ckpt.directory, step)
+        write = self.trainer.export_later(self.workdir, state, step)
+        where = os.path.join(self.workdir, checkpoint.EXPORT_DIR)
+
+        def write_and_say() -> None:
+            write()
+            logging.info("export of step %d: %s", step, where)
+
+        self.exports.submit(write_and_say)
 
     def rescue(self, step: int, state, data_state, error: BaseException) -> None:
         """After `error` past step `step` (whose state is intact): save it unless saved."""
@@ -371,7 +401,14 @@ def run_steps(
 ) -> None:
     """Step / log / checkpoint / validate from `start` until train.steps or a stop request."""
     train_t = config.train
-    progress = Progress(train_t.steps, train_t.batch_size * config.data.crop_seconds, start)
+    progress = Progress(
+        train_t.steps,
+        train_t.batch_size * config.data.crop_seconds,
+        start,
+        phases=trainer.step_phases(),
+        eval_every=train_t.eval_every,
+        checkpoint_every=train_t.checkpoint_every,
+    )
     preemption = PreemptionWatcher()
     watch = _WATCH_MAINTENANCE.value
     if watch == "yes" or (watch == "auto" and jax.devices()[0].platform == "tpu"):
@@ -379,7 +416,8 @@ def run_steps(
     saver = StepSaver(trainer, config, ckpt, exports, workdir, start)
     num_skipped_data = 0
     if start == 0 and train_t.eval_at_start:
-        validate(trainer, config, mesh, state, 0, writer)
+        with progress.paused("validation"):
+            validate(trainer, config, mesh, state, 0, writer)
 
     # intact: `state` is the whole state after step `done`, and data_state the data's then
     done, intact, data_state = start, True, batches.saved_state()
@@ -404,9 +442,11 @@ def run_steps(
                     logging.warning("non-finite loss at step %d; the update was skipped", done)
             stop = preemption.should_stop(done)
             if done % train_t.checkpoint_every == 0 or done == train_t.steps or stop:
-                saver.save(done, state, data_state)  # before validation: nothing to lose there
+                with progress.paused("checkpoint"):  # before validation: nothing lost there
+                    saver.save(done, state, data_state)
             if done % train_t.eval_every == 0 or done == train_t.steps:
-                validate(trainer, config, mesh, state, done, writer)
+                with progress.paused("validation"):
+                    validate(trainer, config, mesh, state, done, writer)
             if stop:
                 logging.warning("stopping at step %d after saving a checkpoint", done)
                 break
@@ -418,23 +458,16 @@ def run_steps(
 
 def main(argv) -> None:
     del argv
-    if _WORKDIR.value is None or _CONFIG.value is None:
-        sys.exit("usage: python -m f3_jax.train --config configs/X.py --workdir DIR")
+    if _CONFIG.value is None:
+        raise UsageError("--config is required: python -m f3_jax.train --config configs/X.py")
+    if _PRINT_CONFIG.value:
+        print(config_lib.describe(_CONFIG.value))
+        return
+    if _WORKDIR.value is None:
+        raise UsageError("--workdir is required: where checkpoints and logs go")
     maybe_initialize_distributed()
-    try:
-        train(_CONFIG.value, _WORKDIR.value)
-    except (
-        config_lib.ConfigError,
-        data.DataError,
-        storage.WorkdirError,
-        WorkdirLockedError,
-        checkpoint.UnreadableCheckpointError,
-        checkpoint.CheckpointMismatchError,
-        FileNotFoundError,
-    ) as e:
-        print(f"error: {e}", file=sys.stderr, flush=True)
-        sys.exit(2)  # a user error: exit code 2, one line
+    train(_CONFIG.value, _WORKDIR.value)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

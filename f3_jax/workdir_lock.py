@@ -24,13 +24,14 @@ import threading
 import time
 
 from f3_jax import storage
+from f3_jax.errors import UserError
 
 LOCK_NAME = "train.lock"
 REFRESH_S = 30.0
 STALE_S = 300.0  # another host's lock this old is taken to be dead
 
 
-class WorkdirLockedError(RuntimeError):
+class WorkdirLockedError(UserError, RuntimeError):
     """The workdir is held by another live training."""
 
 

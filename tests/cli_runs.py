@@ -203,3 +203,19 @@ def event_steps(logdir: Path) -> dict[str, set[int]]:
 def losses(workdir: Path) -> dict[int, float]:
     lines = (workdir / "train" / "metrics.jsonl").read_text().splitlines()
     return {m["step"]: m["loss/gen_total"] for m in map(json.loads, lines) if "loss/gen_total" in m}
+
+
+def run_cli(
+    setup: Setup, workdir: Path, *flags: str, launcher: Path | None = None, name: str = "run"
+) -> tuple[int, str]:
+    """`python -m f3_jax.train` (or a launcher script) on the tiny config with extra flags,
+    one process of two devices; returns (exit code, log)."""
+    cmd = [sys.executable, *([str(launcher)] if launcher else ["-m", "f3_jax.train"])]
+    cmd += ["--config", str(setup.config), "--workdir", str(workdir), *flags]
+    log = setup.tmp / f"{workdir.name}-{name}.log"
+    with open(log, "w") as out:
+        proc = subprocess.run(
+            cmd, cwd=setup.tmp, env=setup.env_two_devices, stdout=out, stderr=subprocess.STDOUT,
+            timeout=RUN_TIMEOUT_S,
+        )  # fmt: skip
+    return proc.returncode, log.read_text()

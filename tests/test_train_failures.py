@@ -24,6 +24,7 @@ from tests.cli_runs import (
     checkpoint_steps,
     complete_checkpoint,
     finish,
+    run_cli,
     start,
     tail,
     wait_for,
@@ -59,24 +60,12 @@ app.run(train.main)
 FAIL_STEP = 4  # train.eval_every = 4 in the tiny config; checkpoints at N // 2 = 3 and N = 6
 
 
-def _run(setup, workdir: Path, *flags: str, launcher: Path | None = None, name: str = "run"):
-    cmd = [sys.executable, *([str(launcher)] if launcher else ["-m", "f3_jax.train"])]
-    cmd += ["--config", str(setup.config), "--workdir", str(workdir), *flags]
-    log = setup.tmp / f"{workdir.name}-{name}.log"
-    with open(log, "w") as out:
-        proc = subprocess.run(
-            cmd, cwd=setup.tmp, env=setup.env_two_devices, stdout=out, stderr=subprocess.STDOUT,
-            timeout=600,
-        )  # fmt: skip
-    return proc.returncode, log.read_text()
-
-
 @pytest.mark.parametrize("where", ["validation", "summary_writer", "sample_logging"])
 def test_a_failure_after_a_step_saves_that_step(cli_setup, cli_reference, tmp_path, where):
     launcher = tmp_path / "launch.py"
     launcher.write_text(LAUNCHER.format(fail_step=FAIL_STEP, where=where))
     workdir = tmp_path / "run"
-    code, log = _run(cli_setup, workdir, launcher=launcher)
+    code, log = run_cli(cli_setup, workdir, launcher=launcher)
     assert code != 0, tail(log)
     assert f"injected failure in {where}" in log
     # Checkpoint N // 2 was due before; step FAIL_STEP was saved on the way out.
@@ -84,7 +73,7 @@ def test_a_failure_after_a_step_saves_that_step(cli_setup, cli_reference, tmp_pa
     assert complete_checkpoint(workdir, FAIL_STEP)
     assert "saving a checkpoint of it first" in log
     assert not (workdir / LOCK_NAME).exists(), "the lock must be released on the way out"
-    code, log = _run(cli_setup, workdir, name="resume")
+    code, log = run_cli(cli_setup, workdir, name="resume")
     assert code == 0, tail(log)
     assert f"checkpoints/{FAIL_STEP}" in log  # resumed from the rescued step
 
@@ -92,7 +81,7 @@ def test_a_failure_after_a_step_saves_that_step(cli_setup, cli_reference, tmp_pa
 def test_missing_eval_split_stops_before_compute(cli_setup, tmp_path):
     workdir = tmp_path / "run"
     started = time.monotonic()
-    code, log = _run(cli_setup, workdir, "--config.data.eval_split=heldout")
+    code, log = run_cli(cli_setup, workdir, "--config.data.eval_split=heldout")
     assert code == 2, tail(log)
     assert "data.eval_split='heldout'" in log and "has no split 'heldout'" in log
     assert not (workdir / "checkpoints").exists()
@@ -127,7 +116,7 @@ def finished_copy(cli_reference, tmp_path) -> Path:
 @pytest.mark.parametrize("how", ["truncate", "delete", "metadata"])
 def test_unreadable_latest_checkpoint_resumes_from_the_previous(cli_setup, finished_copy, how):
     name = _corrupt(finished_copy, N, how)
-    code, log = _run(cli_setup, finished_copy, f"--config.train.steps={N + 1}")
+    code, log = run_cli(cli_setup, finished_copy, f"--config.train.steps={N + 1}")
     assert code == 0, tail(log)
     warnings = [line for line in log.splitlines() if f"checkpoint step {N} is unreadable" in line]
     assert len(warnings) == 1, tail(log, 80)
@@ -141,7 +130,7 @@ def test_unreadable_latest_checkpoint_resumes_from_the_previous(cli_setup, finis
 
 def test_unreadable_latest_checkpoint_without_fallback_is_an_error(cli_setup, finished_copy):
     _corrupt(finished_copy, N, "truncate")
-    code, log = _run(
+    code, log = run_cli(
         cli_setup, finished_copy, f"--config.train.steps={N + 1}",
         "--config.train.restore_fallback=False",
     )  # fmt: skip
@@ -151,7 +140,7 @@ def test_unreadable_latest_checkpoint_without_fallback_is_an_error(cli_setup, fi
 
 
 def test_resume_logs_the_changed_config_fields(cli_setup, finished_copy):
-    code, log = _run(
+    code, log = run_cli(
         cli_setup, finished_copy, f"--config.train.steps={N + 1}", "--config.seed=7",
         "--config.optim.gen_lr=0.002",
     )  # fmt: skip
@@ -165,7 +154,7 @@ def test_a_second_trainer_on_a_busy_workdir_stops_naming_the_holder(cli_setup, t
     workdir = tmp_path / "busy"
     first = start(cli_setup, workdir, "first")
     wait_for(first, "the lock", lambda: (workdir / LOCK_NAME).exists())
-    code, log = _run(cli_setup, workdir, name="second")
+    code, log = run_cli(cli_setup, workdir, name="second")
     holder = json.loads((workdir / LOCK_NAME).read_text())
     assert code == 2, tail(log)
     assert f"pid {first.pid}" in log and "in use by another training" in log
@@ -181,6 +170,6 @@ def test_the_lock_of_a_dead_run_is_taken_over(cli_setup, finished_copy):
     dead.wait()
     lock = {"host": os.uname().nodename, "pid": dead.pid, "started": 0, "refreshed": 0}
     (finished_copy / LOCK_NAME).write_text(json.dumps(lock))
-    code, log = _run(cli_setup, finished_copy, f"--config.train.steps={N + 1}")
+    code, log = run_cli(cli_setup, finished_copy, f"--config.train.steps={N + 1}")
     assert code == 0, tail(log)
     assert "took over the lock" in log and f"process {dead.pid} is not running" in log

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from f3_jax.errors import UserError
 
-class DataError(ValueError):
+
+class DataError(UserError, ValueError):
     """Data that cannot be used as configured; the message names the path or the value."""
 
 

@@ -12,10 +12,11 @@ import dataclasses
 import jax.numpy as jnp
 import numpy as np
 
+from f3_jax.errors import ModelFileError
 from f3_jax.models.llm import LLMConfig
 
 
-class LLMLoadError(ValueError):
+class LLMLoadError(ModelFileError, ValueError):
     """A weights file that does not fit the model; the message names the file and tensor."""
 
 

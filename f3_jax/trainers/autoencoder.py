@@ -302,6 +302,7 @@ class AutoencoderTrainer:
 
     # ---- public step API used by the train loop ----------------------------------------
     total_loss_key = "loss/gen_total"
+    headline_metrics = ("mel_distance", "si_sdr")  # the validation log line
 
     def host_batch(self, local: dict) -> dict:
         return {k: local[k] for k in BATCH_KEYS}
@@ -337,6 +338,19 @@ class AutoencoderTrainer:
         return common.step_flops(
             fn, self.mesh, state["gen"], state["disc"], _counters(state), batch
         )
+
+    def step_phases(self) -> list[tuple[int, float]]:
+        """(first step, relative cost) of each kind of step ahead: the generator-only steps
+        and, from train.adversarial_start, the steps with discriminators (FLOPs from the
+        traced steps; nothing is compiled)."""
+        start = self.config.train.adversarial_start
+        if start <= 0 or start >= self.config.train.steps:
+            return [(0, 1.0)]
+        state = self.abstract_state()
+        shape = (self.config.train.batch_size, self.crop)
+        batch = {k: jax.ShapeDtypeStruct(shape, jnp.float32) for k in BATCH_KEYS}
+        costs = [self.step_flops(state, batch, step) for step in (0, start)]
+        return [(0, 1.0), (start, costs[1] / max(costs[0], 1.0))]
 
     def parameter_count(self) -> int:
         return sum(int(x.size) for x in jax.tree.leaves(self._abstract["gen"]["params"]))

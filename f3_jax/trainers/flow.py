@@ -54,6 +54,12 @@ class FlowTrainer:
     """Builds the stage-3 state and its jitted step functions for one mesh."""
 
     total_loss_key = "loss/total"
+    headline_metrics = (
+        "flow/loss",
+        "flow/gaussian_baseline",
+        "stop/accuracy",
+        "flow/teacher_forced_mel_distance",
+    )  # the validation log line
 
     def __init__(self, config, mesh, *, abstract_frozen=False, stand_ins=None):
         """abstract_frozen, stand_ins: see f3_jax.trainers.create."""
@@ -385,6 +391,10 @@ class FlowTrainer:
 
     def log_metrics(self, state: dict, batch: dict, step: int) -> dict:
         return {}
+
+    def step_phases(self) -> list[tuple[int, float]]:
+        """Every step costs the same here: one phase."""
+        return [(0, 1.0)]
 
     def eval_step(self, state: dict, batch: dict):
         batch = {k: batch[k] for k in BATCH_KEYS}

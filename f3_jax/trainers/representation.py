@@ -52,6 +52,12 @@ class RepresentationTrainer:
     """Builds the stage-2 state and its jitted step functions for one mesh."""
 
     total_loss_key = "loss/total"
+    headline_metrics = (
+        "rq_mtp/acc_h1",
+        "rq_mtp/ce",
+        "transcript/nll",
+        "transcript/wer",
+    )  # the validation log line
 
     def __init__(self, config, mesh, *, abstract_frozen=False, stand_ins=None):
         """abstract_frozen, stand_ins: see f3_jax.trainers.create."""
@@ -322,6 +328,10 @@ class RepresentationTrainer:
 
     def log_metrics(self, state: dict, batch: dict, step: int) -> dict:
         return {}
+
+    def step_phases(self) -> list[tuple[int, float]]:
+        """Every step costs the same here: one phase."""
+        return [(0, 1.0)]
 
     def eval_step(self, state: dict, batch: dict) -> tuple[dict, dict]:
         batch = {k: batch[k] for k in BATCH_KEYS}
