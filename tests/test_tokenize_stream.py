@@ -25,8 +25,8 @@ FRAME_RATE = 200  # 8000 / 40
 WIDTH = 8
 # Allowed growth of the peak RSS from 20 s to 20 min, beyond the latents: XLA's and the
 # allocator's own drift between runs. The whole-file CLI grew by 73 MB (decode) and 80 MB
-# (encode); streaming by 3 and 10 MB (2-core CPU).
-SLACK_MB = 24
+# (encode); streaming by -9 to +10 MB (2-core CPU).
+SLACK_MB = 32
 
 
 @pytest.fixture(scope="module")
