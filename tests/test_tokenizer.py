@@ -1,4 +1,5 @@
-"""Tokenizer: chunked encode/decode equals one-shot processing; batching, resampling, loading, CLI.
+"""Tokenizer: chunked encode/decode equals one-shot processing; batching, resampling, loading,
+streams and files, representations, CLI.
 
 The model is the tiny 8 kHz config (hop 40) with random weights. Shapes are chosen so that the
 whole file compiles few programs (each costs seconds on CPU): a 180-frame input is 8 windows of
@@ -7,6 +8,8 @@ whole file compiles few programs (each costs seconds on CPU): a 180-frame input 
 
 from __future__ import annotations
 
+import copy
+import itertools
 import os
 import subprocess
 import sys
@@ -21,8 +24,12 @@ import soxr
 from ae_fixtures import tiny_ae_config
 
 from f3_jax import checkpoint
+from f3_jax.config import representation_defaults
+from f3_jax.data.audio_io import load_audio
 from f3_jax.models.autoencoder import Autoencoder
-from f3_jax.tokenizer import Tokenizer, plan_windows, window_lengths
+from f3_jax.models.llm import stack_layer_params
+from f3_jax.models.representation import RepresentationEncoder
+from f3_jax.tokenizer import Tokenizer, plan_windows, ready_windows, window_lengths
 
 HOP = 40
 LONG_FRAMES = 180  # 8 windows with chunk_frames=24 (kept cores of 24 frames)
@@ -159,6 +166,97 @@ def test_encode_resamples(tok):
     wav16k = noise(2 * LONG_FRAMES * HOP, 12)
     resampled = soxr.resample(wav16k, 16000, 8000).astype(np.float32)
     np.testing.assert_array_equal(tok.encode(wav16k, sample_rate=16000), tok.encode(resampled))
+
+
+def test_ready_windows_are_the_plan():
+    """Windows taken as the signal arrives, in any blocks, are the whole signal's plan."""
+    lengths, rng = window_lengths(24, 5), np.random.default_rng(0)
+    for total in [1, 21, 22, 33, 34, 35, 57, 100, 180]:
+        for _ in range(6):
+            arrivals = np.sort(rng.integers(0, total + 1, size=rng.integers(0, 8)))
+            got = []
+            for available, final in [*((int(a), False) for a in arrivals), (total, True)]:
+                next_keep = got[-1].keep_end if got else 0
+                got += ready_windows(available, final, lengths, 5, next_keep)
+            assert got == plan_windows(total, lengths, 5), (total, arrivals)
+
+
+def blocks(x: np.ndarray, sizes: tuple[int, ...]) -> list[np.ndarray]:
+    """x cut into consecutive blocks of the given sizes, repeated (0 gives empty blocks)."""
+    out, i = [], 0
+    for n in itertools.cycle(sizes):
+        if i >= len(x):
+            return out
+        out.append(x[i : i + n])
+        i += n
+
+
+def test_streams_equal_in_memory(tok):
+    wav16k = noise(2 * LONG_FRAMES * HOP - 33, 14)  # 180 frames at 8 kHz, the last one padded
+    want = tok.encode(wav16k, sample_rate=16000)
+    got = list(tok.encode_stream(blocks(wav16k, (1, 777, 0, 5000, 3)), sample_rate=16000))
+    assert len(got) > 1  # kept frames came out before the input ended
+    np.testing.assert_allclose(np.concatenate(got), want, atol=1e-6, rtol=0)
+    z = latents(LONG_FRAMES, 15)
+    got = list(tok.decode_stream(blocks(z, (1, 7, 0, 50))))
+    assert len(got) > 1
+    np.testing.assert_allclose(np.concatenate(got), tok.decode(z), atol=1e-5, rtol=0)
+
+
+def test_files_equal_in_memory(tok, tmp_path):
+    src, npy, out = tmp_path / "in.flac", tmp_path / "z.npy", tmp_path / "out.wav"
+    sf.write(src, noise(2 * LONG_FRAMES * HOP - 33, 16), 16000, subtype="PCM_24")
+    assert tok.encode_file(src, npy) == (LONG_FRAMES, 8)
+    z = np.load(npy)
+    assert z.dtype == np.float32
+    np.testing.assert_allclose(z, tok.encode(load_audio(src, 8000)), atol=1e-6, rtol=0)
+    assert tok.decode_file(npy, out) == LONG_FRAMES * HOP
+    wav, rate = sf.read(out, dtype="float32")
+    assert rate == 8000
+    np.testing.assert_allclose(wav, np.clip(tok.decode(z), -1, 1), atol=1 / 16384, rtol=0)
+
+
+def repr_tokenizer(tok: Tokenizer, params: dict | None = None, **encoder) -> Tokenizer:
+    """`tok` (its compiled autoencoder shared) plus a tiny representation encoder, with random
+    weights unless `params` are given."""
+    config = representation_defaults()
+    config.encoder.update(width=16, depth=2, num_heads=4, num_kv_heads=2, head_dim=4, mlp_dim=32)
+    config.encoder.update(encoder)
+    if params is None:
+        model = RepresentationEncoder.from_config(config)
+        z, mask = jnp.zeros((1, 8, 8)), jnp.ones((1, 8))
+        params = nn.unbox(jax.jit(lambda: model.init(jax.random.key(3), z, mask))())["params"]
+    rtok = copy.copy(tok)
+    rtok._init_representation(config, {"params": {"encoder": params}})
+    rtok.repr_chunk_frames = 16
+    return rtok
+
+
+def test_causal_represent_in_chunks_equals_whole(tok, tmp_path):
+    """Chunks on the KV cache equal one pass over the whole input: in memory, streamed (one
+    cache size, then a cache grown from 128 to 256 frames), and from a file."""
+    rtok = repr_tokenizer(tok)
+    wavs = [noise(LONG_FRAMES * HOP, 17), noise(30 * HOP + 5, 18)]
+    want = rtok._represent_whole(rtok.encode(wavs))
+    for got, ref in zip(rtok.represent(wavs), want):
+        np.testing.assert_allclose(got, ref, atol=1e-5, rtol=0)
+    src, dst = tmp_path / "in.wav", tmp_path / "r.npy"
+    sf.write(src, wavs[0], 8000, subtype="FLOAT")
+    assert rtok.represent_file(src, dst) == (LONG_FRAMES, 16)  # a cache of 192 frames
+    np.testing.assert_allclose(np.load(dst), want[0], atol=1e-5, rtol=0)
+    # The stacked layout (scan_layers) keeps one k and one v array for all layers.
+    stacked = stack_layer_params(rtok._repr_params, 2)
+    stok = repr_tokenizer(tok, stacked, scan_layers=True)
+    got = list(stok.represent_stream(blocks(wavs[0], (1000, 3))))
+    assert len(got) > 1
+    np.testing.assert_allclose(np.concatenate(got), want[0], atol=1e-5, rtol=0)
+
+
+def test_bidirectional_represent_stream_sees_the_whole_input(tok):
+    rtok = repr_tokenizer(tok, causal=False)
+    wav = noise(LONG_FRAMES * HOP, 19)
+    got = np.concatenate(list(rtok.represent_stream(blocks(wav, (1000,)))))
+    np.testing.assert_allclose(got, rtok.represent(wav), atol=1e-6, rtol=0)
 
 
 def _save_checkpoint(workdir: str, config, variables: dict, step: int) -> None:

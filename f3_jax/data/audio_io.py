@@ -3,12 +3,18 @@
 soundfile (libsndfile) reads wav, flac, ogg and, with libsndfile >= 1.1, mp3; librosa (audioread)
 is the fallback for what libsndfile cannot open. Resampling uses soxr at its default quality, so
 that tests can compare against `soxr.resample` directly.
+
+`audio_blocks` and `resample_blocks` read and resample a long file block by block, in memory
+that does not grow with its duration; soxr's streaming resampler gives the same samples as
+`soxr.resample` over the whole signal.
 """
 
 from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Iterable, Iterator
+from typing import NamedTuple
 
 import numpy as np
 import soundfile as sf
@@ -64,10 +70,84 @@ def load_audio(path: str | os.PathLike, sample_rate: int) -> np.ndarray:
     return np.ascontiguousarray(resample(mono, sr, sample_rate), dtype=np.float32)
 
 
+def _mono(block: np.ndarray, path: str) -> np.ndarray:
+    """(frames, channels) -> (frames,) float32, refusing NaN/Inf like `load_audio`."""
+    mono = block.mean(axis=1, dtype=np.float32) if block.shape[1] > 1 else block[:, 0]
+    if not np.all(np.isfinite(mono)):
+        raise AudioDecodeError(f"audio holds NaN or Inf: {path}")
+    return np.ascontiguousarray(mono, dtype=np.float32)
+
+
+class AudioBlocks(NamedTuple):
+    """An audio file opened for reading in blocks (`audio_blocks`)."""
+
+    sample_rate: int
+    frames: int  # samples per channel in the file
+    blocks: Iterator[np.ndarray]  # float32 mono, consecutive
+
+
+def audio_blocks(path: str | os.PathLike, block_frames: int = 1 << 16) -> AudioBlocks:
+    """Opens `path` for reading in blocks of float32 mono samples at the file's rate.
+
+    The file is opened here, so that a missing, undecodable or empty file raises
+    AudioDecodeError before the caller writes anything; a block holding NaN/Inf raises it
+    while iterating. libsndfile formats stream; the librosa fallback decodes the whole file
+    first (its backends have no block reader), then hands it out in blocks.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):  # said plainly, rather than by both backends
+        raise AudioDecodeError(f"no such file: {path}")
+    try:
+        f = sf.SoundFile(path)
+    except Exception:  # not libsndfile's: the fallback decodes it whole, or says why not
+        wav, sr = _read_any(path)
+        if wav.size == 0:
+            raise AudioDecodeError(f"empty audio (0 samples): {path}") from None
+        blocks = (_mono(wav[i : i + block_frames], path) for i in range(0, len(wav), block_frames))
+        return AudioBlocks(sr, len(wav), blocks)
+    if f.frames == 0:
+        f.close()
+        raise AudioDecodeError(f"empty audio (0 samples): {path}")
+
+    def read() -> Iterator[np.ndarray]:
+        with f:
+            for block in f.blocks(block_frames, dtype="float32", always_2d=True):
+                yield _mono(block, path)
+
+    return AudioBlocks(int(f.samplerate), int(f.frames), read())
+
+
+def resample_blocks(
+    blocks: Iterable[np.ndarray], from_rate: int, to_rate: int
+) -> Iterator[np.ndarray]:
+    """Streaming soxr resampling of consecutive 1-D float32 blocks; equal to `resample` of
+    their concatenation. Passes the blocks through when the rates agree."""
+    if from_rate == to_rate:
+        yield from blocks
+        return
+    stream = soxr.ResampleStream(from_rate, to_rate, 1, dtype="float32")
+    for block in blocks:
+        out = stream.resample_chunk(np.ascontiguousarray(block, dtype=np.float32))
+        if len(out):
+            yield out
+    tail = stream.resample_chunk(np.zeros(0, np.float32), last=True)  # flushes the filter
+    if len(tail):
+        yield tail
+
+
+def _subtype(path: str) -> str | None:
+    return "PCM_16" if path.lower().endswith((".wav", ".flac")) else None
+
+
 def write_audio(path: str | os.PathLike, wav: np.ndarray, sample_rate: int) -> None:
     """Writes float32 audio in [-1, 1] (mono (L,) or (L, C)); the format follows the suffix."""
     path = os.fspath(path)
-    subtype = "PCM_16" if path.lower().endswith((".wav", ".flac")) else None
-    sf.write(
-        path, np.clip(np.asarray(wav, dtype=np.float32), -1.0, 1.0), sample_rate, subtype=subtype
-    )
+    wav = np.clip(np.asarray(wav, dtype=np.float32), -1.0, 1.0)
+    sf.write(path, wav, sample_rate, subtype=_subtype(path))
+
+
+def audio_writer(path: str | os.PathLike, sample_rate: int) -> sf.SoundFile:
+    """A mono file open for writing block by block, in `write_audio`'s format (16-bit PCM for
+    .wav and .flac, else the suffix's default); clip blocks to [-1, 1] before writing them."""
+    path = os.fspath(path)
+    return sf.SoundFile(path, "w", sample_rate, 1, subtype=_subtype(path))
