@@ -18,15 +18,15 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import sys
 import time
 
 import jax
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
 
-from f3_jax import checkpoint, data, evaluators, parallel, trainers
+from f3_jax import cli, evaluators, parallel, trainers
 from f3_jax import config as config_lib
+from f3_jax.errors import UsageError
 from f3_jax.evaluators import EvalOptions, EvalResult, report
 from f3_jax.evaluators.checkpoints import CheckpointReader
 from f3_jax.evaluators.store import EvalStore
@@ -250,31 +250,22 @@ def _pick_step(reader: CheckpointReader, step: int | None) -> int:
 def main(argv) -> None:
     del argv
     if _WORKDIR.value is None or _CONFIG.value is None or (_WATCH.value and _STEP.value):
-        sys.exit(
+        raise UsageError(
             "usage: python -m f3_jax.eval --config configs/X.py --workdir DIR [--step N | --watch]"
         )
-    try:
-        run(
-            _CONFIG.value,
-            _WORKDIR.value,
-            step=_STEP.value,
-            watch_mode=_WATCH.value,
-            split=_SPLIT.value,
-            max_examples=_MAX_EXAMPLES.value,
-            timeout_s=_TIMEOUT_S.value,
-            poll_s=_POLL_S.value,
-            probe_examples=_PROBE_EXAMPLES.value,
-            num_threads=_NUM_THREADS.value,
-        )
-    except (
-        config_lib.ConfigError,
-        data.DataError,
-        FileNotFoundError,
-        checkpoint.CheckpointMismatchError,
-    ) as e:
-        logging.error("%s", e)
-        sys.exit(f"error: {e}")
+    run(
+        _CONFIG.value,
+        _WORKDIR.value,
+        step=_STEP.value,
+        watch_mode=_WATCH.value,
+        split=_SPLIT.value,
+        max_examples=_MAX_EXAMPLES.value,
+        timeout_s=_TIMEOUT_S.value,
+        poll_s=_POLL_S.value,
+        probe_examples=_PROBE_EXAMPLES.value,
+        num_threads=_NUM_THREADS.value,
+    )
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

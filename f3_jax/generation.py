@@ -223,7 +223,7 @@ class Generator:
             "stopped": stopped,
             "seconds": seconds,
             "wall_seconds": elapsed,
-            "real_time_factor": seconds / max(elapsed, 1e-9),
+            "x_real_time": seconds / max(elapsed, 1e-9),  # seconds of audio per second
             # (LLM state, previous downsampled representation) each patch was sampled from
             "conditions": [(np.asarray(c[0])[0], np.asarray(c[1])[0]) for c in conditions],
         }

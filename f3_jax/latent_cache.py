@@ -17,19 +17,19 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import sys
 from collections.abc import Iterator, Sequence
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
-from f3_jax import checkpoint, data
+from f3_jax import checkpoint, cli, data
 from f3_jax.config import ConfigError
 from f3_jax.data import latent_records
 from f3_jax.data.audio_io import resample
 from f3_jax.data.dataset_info import write_json_atomic
 from f3_jax.data.shards import Job, MapFn, Result, write_split
 from f3_jax.data.sources import SplitSource, open_split
+from f3_jax.errors import UsageError
 from f3_jax.tokenizer import Tokenizer
 from f3_jax.trainers import frozen
 
@@ -175,19 +175,18 @@ def _update_info(directory: str, about: dict, summaries: dict) -> dict:
 def main(argv: list[str]) -> None:
     del argv
     if _CONFIG.value is None:
-        sys.exit("usage: python -m f3_jax.latent_cache --config configs/X.py [--splits train]")
-    try:
-        info = build(
-            _CONFIG.value,
-            _SPLITS.value,
-            dtype=_DTYPE.value,
-            group=_GROUP.value,
-            num_shards=_NUM_SHARDS.value,
-            chunk_frames=_CHUNK.value,
-            batch_windows=_WINDOWS.value,
+        raise UsageError(
+            "usage: python -m f3_jax.latent_cache --config configs/X.py [--splits train]"
         )
-    except (ConfigError, data.DataError, FileNotFoundError) as e:
-        sys.exit(f"error: {e}")
+    info = build(
+        _CONFIG.value,
+        _SPLITS.value,
+        dtype=_DTYPE.value,
+        group=_GROUP.value,
+        num_shards=_NUM_SHARDS.value,
+        chunk_frames=_CHUNK.value,
+        batch_windows=_WINDOWS.value,
+    )
     root = _CONFIG.value.data.latent_cache
     directory = latent_records.cache_dir(root, info["autoencoder_digest"])
     for name in _SPLITS.value:
@@ -200,4 +199,4 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    cli.run(main)

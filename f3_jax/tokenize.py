@@ -14,14 +14,15 @@ line on stderr and exit status 2, and leaves no output file.
 
 from __future__ import annotations
 
-import sys
 import time
 from typing import TYPE_CHECKING
 
-from absl import app, flags
+from absl import flags
 
+from f3_jax import cli
 from f3_jax.data.audio_io import AudioBlocks, audio_blocks
 from f3_jax.data.errors import DataError
+from f3_jax.errors import UsageError
 from f3_jax.latent_io import LatentFile
 
 if TYPE_CHECKING:  # imported in main, after the input is checked: jax takes seconds to load
@@ -55,21 +56,20 @@ def run(
     return f"{seconds:.2f} s -> {name} ({frames}, {width})", seconds
 
 
-def _fail(command: str, error: Exception) -> None:
-    # A bad input is the user's to fix: what and where, on one line, without a traceback.
-    print(f"tokenize {command}: {' '.join(str(error).split())}", file=sys.stderr)
-    sys.exit(2)
+def _bad_input(command: str, error: Exception) -> DataError:
+    # A bad input is the user's to fix: what and where, on one line (f3_jax.cli prints it).
+    return DataError(f"tokenize {command}: {' '.join(str(error).split())}")
 
 
 def main(argv: list[str]) -> None:
     """Encodes, decodes or represents one file; prints the shapes and the speed."""
     if len(argv) != 4 or argv[1] not in ("encode", "decode", "represent") or not _WORKDIR.value:
-        sys.exit(USAGE)
+        raise UsageError(USAGE)
     command, src, dst = argv[1:]
     try:  # the input first: a bad one fails in a second, before jax and the model load
         source = LatentFile(src) if command == "decode" else audio_blocks(src)
     except (DataError, OSError) as e:
-        _fail(command, e)
+        raise _bad_input(command, e) from e
     from f3_jax.tokenizer import Tokenizer
 
     tok = Tokenizer.from_checkpoint(_WORKDIR.value, step=_STEP.value, chunk_frames=_CHUNK.value)
@@ -77,11 +77,11 @@ def main(argv: list[str]) -> None:
     try:
         done, seconds = run(tok, command, source, dst)
     except (DataError, OSError) as e:
-        _fail(command, e)
+        raise _bad_input(command, e) from e
     elapsed = time.perf_counter() - start
     print(f"{src}: {done} in {dst}")
     print(f"{elapsed:.2f} s wall, {seconds / max(elapsed, 1e-9):.1f}x real time (incl. compile)")
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -533,7 +533,7 @@ def test_autoencoder_eval_counts_clips_no_metric_can_score():
 def test_flow_eval_leaves_out_texts_whose_original_is_skipped():
     from f3_jax.evaluators.flow import _generation_scalars
 
-    outs = [{"real_time_factor": 0.5, "seconds": 1.0, "stopped": True}] * 3
+    outs = [{"x_real_time": 0.5, "seconds": 1.0, "stopped": True}] * 3
     scalars = _generation_scalars(
         ["one two", "three", "four"], outs, ["one two", None, "x"], ["one two", "three", None]
     )

@@ -150,6 +150,6 @@ def test_cli_bad_input_is_one_line_and_status_2(workdir, tmp_path):
     for (command, src, says), out, (status, stderr, _) in zip(cases, outputs, results):
         case = f"{command} {os.path.basename(src)}: {stderr!r}"
         assert status == 2, case
-        assert stderr.count("\n") == 1 and stderr.startswith(f"tokenize {command}: "), case
+        assert stderr.count("\n") == 1 and stderr.startswith(f"error: tokenize {command}: "), case
         assert src in stderr and says in stderr, case
         assert not os.path.exists(out), case  # nothing written, or the partial output removed

@@ -54,19 +54,27 @@ def resample(wav: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
     return soxr.resample(wav, from_rate, to_rate).astype(np.float32, copy=False)
 
 
-def load_audio(path: str | os.PathLike, sample_rate: int) -> np.ndarray:
-    """Decodes `path` to float32 mono at `sample_rate`.
+def read_audio(path: str | os.PathLike) -> tuple[np.ndarray, int]:
+    """(float32 mono samples, sample rate) of `path`, at the file's own rate.
 
-    Raises AudioDecodeError for a file that cannot be decoded, holds no samples, or holds
-    NaN/Inf, so that callers can skip it and say why.
+    Raises AudioDecodeError for a file that is missing, cannot be decoded, holds no samples,
+    or holds NaN/Inf, so that callers can skip it and say why.
     """
     path = os.fspath(path)
+    if not os.path.isfile(path):  # said plainly, rather than by both backends
+        raise AudioDecodeError(f"no such file: {path}")
     wav, sr = _read_any(path)
     if wav.size == 0:
         raise AudioDecodeError(f"empty audio (0 samples): {path}")
     mono = wav.mean(axis=1, dtype=np.float32) if wav.shape[1] > 1 else wav[:, 0]
     if not np.all(np.isfinite(mono)):
         raise AudioDecodeError(f"audio holds NaN or Inf: {path}")
+    return np.ascontiguousarray(mono, dtype=np.float32), sr
+
+
+def load_audio(path: str | os.PathLike, sample_rate: int) -> np.ndarray:
+    """Decodes `path` to float32 mono at `sample_rate` (errors as `read_audio`)."""
+    mono, sr = read_audio(path)
     return np.ascontiguousarray(resample(mono, sr, sample_rate), dtype=np.float32)
 
 

@@ -89,7 +89,7 @@ def _generation_scalars(
         "generation/wer": word_error_rate(kept, [hyps[i] or "" for i in keep]),
         "generation/wer_original_audio": word_error_rate(kept, [reference[i] for i in keep]),
         "skipped/wer": float(len(texts) - len(keep)),
-        "generation/real_time_factor": float(np.mean([o["real_time_factor"] for o in outs])),
+        "generation/x_real_time": float(np.mean([o["x_real_time"] for o in outs])),
         "generation/seconds": float(np.mean([o["seconds"] for o in outs])),
         "generation/stopped_fraction": float(np.mean([o["stopped"] for o in outs])),
         "generation/num_utterances": float(len(texts)),

@@ -433,8 +433,8 @@ class FlowTrainer:
             out = gen.generate(parallel.to_host(state["params"]), text, seed=j)
             writer.audio(step, f"generated/{j}", out["audio"], sr)
             writer.text(step, f"generated/{j}/text", text)
-            rtfs.append(out["real_time_factor"])
-        return {"generation/real_time_factor": float(np.mean(rtfs))} if rtfs else {}
+            rtfs.append(out["x_real_time"])
+        return {"generation/x_real_time": float(np.mean(rtfs))} if rtfs else {}
 
     def inference_variables(self, state: dict) -> dict:
         return {"params": state["params"]}
