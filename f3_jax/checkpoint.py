@@ -34,7 +34,7 @@ from absl import logging
 from etils import epath
 
 from f3_jax import storage
-from f3_jax.errors import UserError
+from f3_jax.errors import ModelFileError, UserError
 from f3_jax.version import __version__
 
 EXPORT_DIR = "export"
@@ -344,14 +344,27 @@ class BackgroundWrites:
 
 
 def read_export(path: str) -> tuple[dict, ml_collections.ConfigDict, int]:
-    """(variables, config, step) from an export directory (local, or a gs:// URL)."""
+    """(variables, config, step) from an export directory (local, or a gs:// URL).
+
+    A missing, truncated or corrupt file raises ModelFileError naming it.
+    """
     from safetensors.numpy import load, load_file
 
     path = epath.Path(path)
-    record = json.loads((path / "config.json").read_text())
-    weights = path / "weights.safetensors"
-    if storage.is_remote(path):
-        flat = load(weights.read_bytes())
-    else:
-        flat = load_file(os.fspath(weights))  # memory-mapped
-    return unflatten_params(flat), ml_collections.ConfigDict(record["config"]), record["step"]
+    config_file, weights = path / "config.json", path / "weights.safetensors"
+    try:
+        record = json.loads(config_file.read_text())
+        config, step = ml_collections.ConfigDict(record["config"]), int(record["step"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ModelFileError(f"{config_file}: unreadable export config ({first_line(e)})") from e
+    try:
+        if storage.is_remote(path):
+            flat = load(weights.read_bytes())
+        else:
+            flat = load_file(os.fspath(weights))  # memory-mapped
+    except Exception as e:  # safetensors raises its own error types, and OSError
+        raise ModelFileError(
+            f"{weights}: unreadable export weights, truncated or corrupt ({first_line(e)}); "
+            "a new export is written at the next checkpoint"
+        ) from e
+    return unflatten_params(flat), config, step

@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from f3_jax.models.llm import main as llm_main
+from f3_jax.llm_check import main as llm_main
 from f3_jax.models.llm import stack_layer_params
 from f3_jax.models.llm_checkpoint_map import LLMLoadError
 from f3_jax.models.llm_loaders import load_llm

@@ -24,6 +24,7 @@ import time
 
 import numpy as np
 
+from f3_jax import cli
 from f3_jax.data import records
 from f3_jax.data.audio_io import resample
 from f3_jax.data.dataset_info import read_info, update_info
@@ -225,4 +226,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.guard(main))

@@ -19,6 +19,7 @@ import math
 import os
 import sys
 
+from f3_jax import cli
 from f3_jax.data import records
 from f3_jax.data.audio_io import AUDIO_EXTENSIONS, load_audio
 from f3_jax.data.dataset_info import drop_split, read_info, update_info
@@ -231,4 +232,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.guard(main))

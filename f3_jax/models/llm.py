@@ -1,19 +1,16 @@
-"""The frozen decoder-only LLM used by stages 2 and 3, and its check tool.
+"""The frozen decoder-only LLM used by stages 2 and 3.
 
 `LLM` covers the Llama family (Llama 3.x, Qwen2/2.5/3, SmolLM2): token ids or input embeddings
 in, logits and any requested hidden states out, with an optional KV cache whose results equal a
 full recompute. Weights come from `f3_jax.models.llm_loaders.load_llm`.
 
-Check tool:
-    python -m f3_jax.models.llm --weights smollm2 --prompt "The capital of France is"
+Check it on real weights: `python -m f3_jax.llm_check --weights smollm2 --prompt "..."`.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
-import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -309,32 +306,3 @@ def greedy_generate(params, config: LLMConfig, tokenizer, prompt: str, max_new_t
     """Greedy text continuation of `prompt` (no bos added, as for plain prompts)."""
     new = greedy_ids(params, config, tokenizer.encode(prompt), max_new_tokens, tokenizer.eos_id)
     return tokenizer.decode(new)
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Greedy continuation with a frozen LLM.")
-    parser.add_argument(
-        "--weights", required=True, help="GGUF file, Hugging Face model directory, or 'smollm2'"
-    )
-    parser.add_argument("--prompt", required=True)
-    parser.add_argument("--max_new_tokens", type=int, default=16)
-    parser.add_argument("--param_dtype", default="float32")
-    args = parser.parse_args(argv)
-    from f3_jax.models.llm_loaders import load_llm  # loaders import this module
-
-    start = time.perf_counter()
-    config, params, tokenizer = load_llm(args.weights, param_dtype=args.param_dtype)
-    jax.block_until_ready(params)
-    load_s = time.perf_counter() - start
-    start = time.perf_counter()
-    text = greedy_generate(params, config, tokenizer, args.prompt, args.max_new_tokens)
-    gen_s = time.perf_counter() - start
-    print(f"{args.prompt}{text}")
-    print(
-        f"load time: {load_s:.2f} s; generation: {gen_s:.2f} s "
-        f"(incl. compile) on {jax.devices()[0].platform}"
-    )
-
-
-if __name__ == "__main__":
-    main()

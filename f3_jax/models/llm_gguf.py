@@ -42,7 +42,9 @@ class GGUFFile:
         try:
             self.reader = _PlainViewReader(path)
         except Exception as e:  # the gguf package raises bare ValueErrors on bad headers
-            raise LLMLoadError(f"{path}: not a readable GGUF file ({e})") from e
+            raise LLMLoadError(
+                f"{path}: not a readable GGUF file, truncated or corrupt ({e})"
+            ) from e
         self.tensors = {t.name: t for t in self.reader.tensors}
         self.arch = self.field("general.architecture")
         if self.arch not in SUPPORTED_ARCHS:
