@@ -229,6 +229,7 @@ def validate(trainer, config, mesh, state, step: int, writer: SummaryWriter) -> 
 
 def train(config, workdir: str) -> None:
     config_lib.validate(config, jax.device_count())
+    trainers.check_inputs(config)
     check_workdir(workdir)
     lock = take_workdir_lock(workdir)
     try:

@@ -39,3 +39,22 @@ def create(config, mesh, *, abstract_frozen: bool = False, stand_ins: dict | Non
 
         return FlowTrainer(config, mesh, **kwargs)
     raise ValueError(f"config.stage={config.stage!r} has no trainer")
+
+
+def check_inputs(config) -> None:
+    """Raises a user error naming the field when an earlier stage's export or the LLM that
+    `config` needs is missing: checked before any data is built or any step compiled."""
+    import os
+
+    from f3_jax.models.llm_loaders import smollm2_path
+    from f3_jax.trainers import frozen
+
+    if config.stage in ("representation", "flow"):
+        frozen.export_dir(config.autoencoder.workdir, "autoencoder.workdir", "stage 1")
+        path = config.llm.path
+        if path == "smollm2":
+            smollm2_path()
+        elif not os.path.exists(path):
+            raise FileNotFoundError(f"config.llm.path={path!r}: no such file or directory")
+    if config.stage == "flow":
+        frozen.export_dir(config.representation.workdir, "representation.workdir", "stage 2")
