@@ -277,25 +277,48 @@ class SummaryWriter:
 
 
 def mel_image(wavs: dict, sample_rate: int) -> np.ndarray:
-    """Stacked log-mel spectrograms as an RGB uint8 array (H, W, 3)."""
+    """Log-mel spectrograms, one row per entry of `wavs` (e.g. original, reconstruction), as an
+    RGB uint8 array (H, W, 3): a shared time axis in seconds (a shorter clip is not stretched),
+    a frequency axis in Hz, and one colour scale (dB) for all rows, so they compare."""
     import librosa
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(len(wavs), 1, figsize=(8, 2.2 * len(wavs)), squeeze=False)
-    for ax, (title, wav) in zip(axes[:, 0], wavs.items()):
-        mel = librosa.feature.melspectrogram(
-            y=np.asarray(wav, np.float32), sr=sample_rate, n_fft=1024, hop_length=256, n_mels=80
+    n_fft, hop, n_mels = 1024, 256, 80
+    mels = {
+        title: librosa.power_to_db(
+            librosa.feature.melspectrogram(
+                y=np.asarray(wav, np.float32), sr=sample_rate, n_fft=n_fft, hop_length=hop,
+                n_mels=n_mels,
+            ),
+            ref=1.0,
         )
-        ax.imshow(np.log(mel + 1e-5), origin="lower", aspect="auto", cmap="magma")
+        for title, wav in wavs.items()
+    }  # fmt: skip
+    top = max(float(m.max()) for m in mels.values())
+    longest = max(m.shape[1] for m in mels.values()) * hop / sample_rate
+    freqs = librosa.mel_frequencies(n_mels=n_mels, fmax=sample_rate / 2)
+    ticks = [f for f in (0, 500, 1000, 2000, 4000, 8000, 16000) if f <= sample_rate / 2]
+    fig, axes = plt.subplots(len(mels), 1, figsize=(8, 2.3 * len(mels)), squeeze=False)
+    for ax, (title, mel) in zip(axes[:, 0], mels.items()):
+        seconds = mel.shape[1] * hop / sample_rate
+        image = ax.imshow(
+            mel, origin="lower", aspect="auto", cmap="magma", vmin=top - 80, vmax=top,
+            extent=(0, seconds, 0, n_mels),
+        )  # fmt: skip
+        ax.set_xlim(0, longest)
+        ax.set_yticks(
+            [np.interp(f, freqs, np.arange(n_mels)) for f in ticks], [str(f) for f in ticks]
+        )
+        ax.set_ylabel("Hz", fontsize=8)
         ax.set_title(title, fontsize=9)
-        ax.set_xticks([])
-        ax.set_yticks([])
-    fig.tight_layout()
+        ax.tick_params(labelsize=7)
+    axes[-1, 0].set_xlabel("seconds", fontsize=8)
+    fig.colorbar(image, ax=axes[:, 0].tolist(), label="dB", fraction=0.03)
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=80)
+    fig.savefig(buf, format="png", dpi=80, bbox_inches="tight")
     plt.close(fig)
     buf.seek(0)
     from PIL import Image

@@ -28,7 +28,7 @@ import pytest
 from f3_jax import checkpoint, parallel
 from f3_jax import eval as eval_lib
 from f3_jax.data.synthetic import tone, write_record_dir
-from f3_jax.evaluators import EvalResult
+from f3_jax.evaluators import EvalResult, report
 from f3_jax.evaluators.checkpoints import CheckpointReader
 from f3_jax.evaluators.store import EvalStore, read_json
 from f3_jax.losses.spectral import multi_resolution_stft_loss
@@ -270,6 +270,46 @@ def test_report_has_the_metrics_and_its_figures(setup, watched):
         assert (setup.workdir / "eval" / f).stat().st_size > 1000, f
     events = list((setup.workdir / "eval").glob("events.out.tfevents.*"))
     assert events and events[0].stat().st_size > 1000
+    assert "Log-mel spectrograms: original / reconstruction" in report
+
+
+def test_eval_logs_its_phases_with_counts(setup, watched):
+    log = watched.log()
+    for phase in (
+        "reconstruction metrics: 0/4 examples",
+        "reconstruction metrics done: 4",
+        "PESQ and STOI done: 4",
+        "recognizer (originals once, reconstructions) done",
+    ):
+        assert f"eval step {STEPS} (valid): {phase}" in log, phase  # fmt: skip
+
+
+def test_report_titles_follow_the_clips_kinds(tmp_path):
+    """Stage 3 shows generated speech: its spectrogram panel must say so."""
+    from f3_jax.evaluators.store import EvalStore
+
+    rng = np.random.default_rng(0)
+    audio = {
+        "generated/u0": {"original": rng.normal(size=8000), "generated": rng.normal(size=4000)}
+    }
+    panel = report.save_spectrograms(audio, 8000, EvalStore(str(tmp_path)), "test", 7)
+    assert panel["title"] == "Log-mel spectrograms: original / generated (step 7)"
+    assert "reconstruction" not in panel["title"]
+
+
+def test_one_evaluated_step_gets_a_table_not_a_curve(tmp_path):
+    from f3_jax.evaluators.store import EvalStore
+
+    store = EvalStore(str(tmp_path))
+    store.add_metrics(5, {"valid/mel_distance": 3.0})
+    store.write_details("valid", 5, {"headline": [["mel_distance", "lower"]], "panels": []})
+    store.mark_evaluated("valid", 5)
+    text = open(report.write_report(store, workdir="w", stage="autoencoder")).read()
+    assert "curves_valid.png" not in text and "| mel_distance | ↓ | 3 |" in text
+    store.add_metrics(9, {"valid/mel_distance": 2.0})
+    store.write_details("valid", 9, {"headline": [["mel_distance", "lower"]], "panels": []})
+    store.mark_evaluated("valid", 9)
+    assert "curves_valid.png" in open(report.write_report(store, workdir="w", stage="x")).read()
 
 
 @pytest.mark.slow

@@ -46,8 +46,9 @@ class EvalResult:
       tabulates first and plots against the step;
     panels: report panels of this step (JSON; kinds in report.py);
     histograms: name -> array, TensorBoard only (e.g. per-channel latent means);
-    audio: example name -> {"original": wav, "reconstruction": wav}, for TensorBoard audio and
-      the report's spectrogram pairs; sample_rate is theirs.
+    audio: example name -> {label: wav} ({"original", "reconstruction"} for stage 1,
+      {"original", "generated"} for stage 3), for TensorBoard audio and the report's
+      spectrograms, titled by the labels; sample_rate is theirs.
     """
 
     scalars: dict[str, float]

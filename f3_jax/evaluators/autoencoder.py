@@ -120,11 +120,15 @@ class AutoencoderEvaluator:
         variables = self.trainer.inference_variables(state)
         o = self.options
         parts, noisy_rows = [], 0
+        progress = common.EvalProgress(step, o.split)
+        total = common.split_size(self.config, o.split, o.max_examples)
         batches = common.local_batches(self.config, o.split, o.batch_size, o.max_examples)
-        for i, local in enumerate(batches):
-            # The robustness curve decodes len(SIGMAS) - 1 more times: first batches only.
-            parts.append(self._batch(variables, local, i, noisy_rows < ROBUSTNESS_EXAMPLES))
-            noisy_rows += len(parts[-1]["robustness"])
+        with progress.phase("reconstruction metrics", total) as advance:
+            for i, local in enumerate(batches):
+                # The robustness curve decodes len(SIGMAS) - 1 more times: first batches only.
+                parts.append(self._batch(variables, local, i, noisy_rows < ROBUSTNESS_EXAMPLES))
+                noisy_rows += len(parts[-1]["robustness"])
+                advance(len(parts[-1]["id"]))
         if not sum(len(p["id"]) for p in parts):
             raise DataError(f"split {o.split!r} of {self.config.data.path} has no utterances")
         cat = lambda key: [x for p in parts for x in p[key]]
@@ -138,9 +142,13 @@ class AutoencoderEvaluator:
         robustness = device["robustness"].mean(axis=0)
         scalars |= {f"robustness/mel_sigma_{s:g}": float(v) for s, v in zip(SIGMAS, robustness)}
         scalars["robustness/num_examples"] = float(len(device["robustness"]))
-        scalars |= self._quality(refs, ests)
-        hyps_orig = self._transcripts_of_originals(o.split, ids, refs)
-        hyps_rec = recognizer.transcribe(ests, self.sample_rate, o.num_threads)
+        with progress.phase("PESQ and STOI", len(refs)) as advance:
+            scalars |= self._quality(refs, ests)
+            advance(len(refs))
+        with progress.phase("recognizer (originals once, reconstructions)", len(refs)) as advance:
+            hyps_orig = self._transcripts_of_originals(o.split, ids, refs)
+            hyps_rec = recognizer.transcribe(ests, self.sample_rate, o.num_threads)
+            advance(len(refs))
         scalars |= _wer_scalars(texts, hyps_orig, hyps_rec)
         latent_summary = stats.summary()
         scalars |= _latent_scalars(latent_summary)

@@ -37,31 +37,43 @@ class FlowEvaluator:
         # split -> recognizer output on the originals (None: skipped)
         self._reference: dict[str, list[str | None]] = {}
 
-    def _generate(self, params: dict, texts: list[str]) -> list[dict]:
+    def _generate(self, params: dict, texts: list[str], progress) -> list[dict]:
         gen = self.trainer.generator()
-        return [gen.generate(params, text, seed=i) for i, text in enumerate(texts)]
+        outs = []
+        with progress.phase("generation from held-out texts", len(texts), "utterances") as advance:
+            for i, text in enumerate(texts):
+                outs.append(gen.generate(params, text, seed=i))
+                advance()
+        return outs
 
     def evaluate(self, state: dict, step: int) -> EvalResult:
         split, t = self.options.split, self.trainer
         means = common.WeightedMeans()
         texts, ids, originals = [], [], []
-        for local in common.local_batches(
+        progress = common.EvalProgress(step, split)
+        total = common.split_size(self.config, split, self.options.max_examples)
+        batches = common.local_batches(
             self.config, split, self.options.batch_size, self.options.max_examples
-        ):
-            host = t.host_batch(local) | {"valid": local["valid"]}
-            batch = common.device_batch(host, t.mesh)
-            metrics, _ = t.eval_step(state, batch)
-            means.add(metrics, batch["valid"], t.mesh)
-            rows = [i for i in common.real_rows(local) if str(local["text"][i]).strip()]
-            texts += [str(local["text"][i]) for i in rows]
-            ids += [str(local["id"][i]) for i in rows]
-            originals += common.clips(local["audio"], local["mask"], np.asarray(rows, int))
+        )
+        with progress.phase("teacher-forced metrics", total) as advance:
+            for local in batches:
+                host = t.host_batch(local) | {"valid": local["valid"]}
+                batch = common.device_batch(host, t.mesh)
+                metrics, _ = t.eval_step(state, batch)
+                means.add(metrics, batch["valid"], t.mesh)
+                rows = [i for i in common.real_rows(local) if str(local["text"][i]).strip()]
+                texts += [str(local["text"][i]) for i in rows]
+                ids += [str(local["id"][i]) for i in rows]
+                originals += common.clips(local["audio"], local["mask"], np.asarray(rows, int))
+                advance(len(common.real_rows(local)))
         scalars = means.result()
-        outs = self._generate(parallel.to_host(state["params"]), texts)
+        outs = self._generate(parallel.to_host(state["params"]), texts, progress)
         sr, threads = self.config.sample_rate, self.options.num_threads
-        hyps = transcribe([o["audio"] for o in outs], sr, threads) if outs else []
-        if split not in self._reference:
-            self._reference[split] = transcribe(originals, sr, threads) if originals else []
+        with progress.phase("recognizer", len(outs), "utterances") as advance:
+            hyps = transcribe([o["audio"] for o in outs], sr, threads) if outs else []
+            if split not in self._reference:
+                self._reference[split] = transcribe(originals, sr, threads) if originals else []
+            advance(len(outs))
         scalars |= _generation_scalars(texts, outs, hyps, self._reference[split])
         headline = {
             "flow/loss": "lower",
@@ -69,7 +81,7 @@ class FlowEvaluator:
             "generation/wer": "lower",
         }
         audio = {
-            f"generated/{ids[i]}": {"original": originals[i], "reconstruction": outs[i]["audio"]}
+            f"generated/{ids[i]}": {"original": originals[i], "generated": outs[i]["audio"]}
             for i in range(min(NUM_AUDIO, len(outs)))
         }
         panels = [_loss_panel(scalars), _transcript_panel(ids, texts, hyps)]

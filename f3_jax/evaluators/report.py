@@ -59,7 +59,8 @@ def fmt(value) -> str:
 
 # ---- figures ---------------------------------------------------------------------------
 def save_spectrograms(audio: dict, sample_rate: int, store: EvalStore, split: str, step: int):
-    """One PNG per example (original above reconstruction); returns an images panel."""
+    """One PNG per example, its clips (e.g. original above reconstruction, or above the
+    generated speech) one per row, titled by their keys; returns an images panel."""
     from PIL import Image
 
     from f3_jax.summary import mel_image
@@ -72,9 +73,10 @@ def save_spectrograms(audio: dict, sample_rate: int, store: EvalStore, split: st
         storage.write_bytes(os.path.join(store.directory, rel), buf.getvalue())
         paths.append(rel)
         captions.append(str(name))
+    kinds = " / ".join(next(iter(audio.values()))) if audio else ""
     return {
         "kind": "images",
-        "title": f"Log-mel spectrograms: original / reconstruction (step {step})",
+        "title": f"Log-mel spectrograms: {kinds} (step {step})",
         "name": "spectrograms",
         "paths": paths,
         "captions": captions,
@@ -217,7 +219,7 @@ def _split_section(store: EvalStore, history: dict, split: str) -> list[str]:
     cols = ["metric", "better", f"step {latest_step}", "previous", "best", "first"]
     lines += markdown_table(cols, _headline_rows(history, split, headline))
     names = [n for n in headline if any(f"{split}/{n}" in v for v in history.values())]
-    if names:
+    if names and len(store.evaluated(split)) >= 2:  # one point makes no curve
         rel = os.path.join("figures", f"curves_{split}.png")
         _curves_figure(history, names, split, os.path.join(store.directory, rel))
         lines += ["", f"![headline metrics against the training step]({rel})", ""]

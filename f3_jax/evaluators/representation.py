@@ -101,18 +101,40 @@ class RepresentationEvaluator:
             )
         return [t.text_tokenizer.decode(row).strip() for row in ids]
 
-    def _train_features(self, state: dict) -> tuple[_Features, _Features | None]:
+    def _train_features(self, state: dict, progress) -> tuple[_Features, _Features | None]:
         """Probe training set: representation features, and latent features unless cached."""
         split = self.config.data.train_split
         reprs = _Features()
         lat = None if split in self._latent_features else _Features()
-        for local in self._batches(split, self.options.probe_examples):
-            rows = common.real_rows(local)
-            batch = common.device_batch({k: local[k] for k in ("audio", "mask")}, self.trainer.mesh)
-            reprs.add(self._repr_features(state, batch), local, rows)
-            if lat is not None:
-                lat.add(self._latent_features_of(batch), local, rows)
+        total = common.split_size(self.config, split, self.options.probe_examples)
+        mesh = self.trainer.mesh
+        with progress.phase(f"probe features ({split} split)", total) as advance:
+            for local in self._batches(split, self.options.probe_examples):
+                rows = common.real_rows(local)
+                batch = common.device_batch({k: local[k] for k in ("audio", "mask")}, mesh)
+                reprs.add(self._repr_features(state, batch), local, rows)
+                if lat is not None:
+                    lat.add(self._latent_features_of(batch), local, rows)
+                advance(len(rows))
         return reprs, lat
+
+    def _evaluate_batch(self, state, local, means, reprs, lat, transcripts) -> None:
+        """One eval batch: its metrics, features, and greedy transcripts of rows with text."""
+        texts, hyps, ids = transcripts
+        rows = common.real_rows(local)
+        host = self.trainer.host_batch(local) | {"valid": local["valid"]}
+        batch = common.device_batch(host, self.trainer.mesh)
+        metrics, outputs = self.trainer.eval_step(state, batch)
+        means.add(metrics, batch["valid"], self.trainer.mesh)
+        reprs.add(self._repr_features(state, batch), local, rows)
+        if lat is not None:
+            lat.add(self._latent_features_of(batch), local, rows)
+        with_text = [i for i in rows if str(local["text"][i]).strip()]
+        if with_text:
+            batch_hyps = self._transcribe(outputs)
+            texts += [str(local["text"][i]) for i in with_text]
+            hyps += [batch_hyps[i] for i in with_text]
+            ids += [str(local["id"][i]) for i in with_text]
 
     # ---- evaluation ----------------------------------------------------------------------
     def evaluate(self, state: dict, step: int) -> EvalResult:
@@ -120,21 +142,12 @@ class RepresentationEvaluator:
         means = common.WeightedMeans()
         reprs, lat = _Features(), None if split in self._latent_features else _Features()
         texts, hyps, ids = [], [], []
-        for local in self._batches(split, self.options.max_examples):
-            rows = common.real_rows(local)
-            host = self.trainer.host_batch(local) | {"valid": local["valid"]}
-            batch = common.device_batch(host, self.trainer.mesh)
-            metrics, outputs = self.trainer.eval_step(state, batch)
-            means.add(metrics, batch["valid"], self.trainer.mesh)
-            reprs.add(self._repr_features(state, batch), local, rows)
-            if lat is not None:
-                lat.add(self._latent_features_of(batch), local, rows)
-            with_text = [i for i in rows if str(local["text"][i]).strip()]
-            if with_text:
-                batch_hyps = self._transcribe(outputs)
-                texts += [str(local["text"][i]) for i in with_text]
-                hyps += [batch_hyps[i] for i in with_text]
-                ids += [str(local["id"][i]) for i in with_text]
+        progress = common.EvalProgress(step, split)
+        total = common.split_size(self.config, split, self.options.max_examples)
+        with progress.phase("metrics and greedy transcriptions", total) as advance:
+            for local in self._batches(split, self.options.max_examples):
+                self._evaluate_batch(state, local, means, reprs, lat, (texts, hyps, ids))
+                advance(len(common.real_rows(local)))
         if not reprs.feats or not sum(len(f) for f in reprs.feats):
             raise DataError(f"split {split!r} of {self.config.data.path} has no utterances")
         if lat is not None:
@@ -146,7 +159,7 @@ class RepresentationEvaluator:
 
         probes = {}
         if self.options.probe_examples > 0:
-            train_reprs, train_lat = self._train_features(state)
+            train_reprs, train_lat = self._train_features(state, progress)
             if train_lat is not None:
                 self._latent_features[self.config.data.train_split] = train_lat.arrays()
             probes = self._probes(train_reprs.arrays(), reprs.arrays())
@@ -225,9 +238,12 @@ def _probe_panel(probes: dict, bins: int) -> dict | None:
         "latent": "raw latents",
         "chance": "majority class",
     }
+    first = probes[labels[0]]
+    counts = f"fit on {first['num_train']:.0f} training examples, scored on {first['num_test']:.0f}"
     return {
         "kind": "bars",
-        "title": f"Linear probes: test accuracy, {bins} quantile classes (guessing: {1 / bins:g})",
+        "title": f"Linear probes ({counts}): test accuracy, {bins} quantile classes "
+        f"(guessing: {1 / bins:g})",
         "name": "probes",
         "categories": labels,
         "y_label": "accuracy",
