@@ -164,14 +164,41 @@ def write_legacy(root: str, dest: Path) -> None:
         trainer.export(str(workdir), state, STEPS)
 
 
+def machine() -> str:
+    """What bit-for-bit results depend on: jax and jaxlib, and the CPU's vector extensions
+    (XLA:CPU picks kernels by them)."""
+    import jaxlib
+
+    flags = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            line = next(x for x in f if x.startswith("flags"))
+        flags = ",".join(sorted(f for f in line.split() if f.startswith(("avx", "fma", "sse4"))))
+    except (OSError, StopIteration):
+        pass
+    return f"jax {jax.__version__} jaxlib {jaxlib.__version__} {flags}"
+
+
 def main() -> None:
+    """--out FILE: the records as JSON (tests compare them with golden/stages.json); with no
+    flag, rewrite golden/ (records and legacy workdirs). Run with one CPU device (no forced
+    host device count): XLA:CPU's threading, hence float rounding, depends on it."""
+    import argparse
     import tempfile
 
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", help="write the records here instead of rewriting golden/")
+    args = ap.parse_args()
     jax.config.update("jax_platforms", "cpu")
     with tempfile.TemporaryDirectory() as root:
         records, _ = run_all(root)
+        records["machine"] = machine()
+        text = json.dumps(records, indent=1, sort_keys=True) + "\n"
+        if args.out:
+            Path(args.out).write_text(text)
+            return
         GOLDEN.mkdir(exist_ok=True)
-        (GOLDEN / "stages.json").write_text(json.dumps(records, indent=1, sort_keys=True) + "\n")
+        (GOLDEN / "stages.json").write_text(text)
     with tempfile.TemporaryDirectory() as root:
         write_legacy(root, GOLDEN / "legacy")
     print(f"wrote {GOLDEN}/stages.json and {GOLDEN}/legacy/", file=sys.stderr)
