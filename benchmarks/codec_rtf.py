@@ -26,8 +26,8 @@ try:  # run as a script: benchmarks/ is on sys.path
     import train_step
 except ImportError:  # imported as benchmarks.codec_rtf
     from benchmarks import train_step
+from f3_jax.inference.tokenizer import Tokenizer
 from f3_jax.models.autoencoder import Autoencoder
-from f3_jax.tokenizer import Tokenizer
 
 
 def random_tokenizer(config, **kwargs) -> Tokenizer:

@@ -31,8 +31,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from f3_jax import checkpoint, parallel, trainers
-from f3_jax import config as config_lib
+from f3_jax import checkpoint, exports, parallel, stages
 
 try:  # run as a script: benchmarks/ is on sys.path
     import train_step
@@ -70,7 +69,7 @@ def checkpoint_stalls(state, config, root: str, repeats: int) -> dict:
 def export_stalls(trainer, state, root: str, repeats: int) -> dict:
     """Seconds the loop waits for an export: synchronous, then fetch-only (export_later)."""
     sync = _median(lambda: trainer.export(os.path.join(root, "sync"), state, 0), repeats)
-    writes = checkpoint.BackgroundWrites()
+    writes = exports.BackgroundWrites()
     blocked, total = [], []
     for _ in range(repeats):
         t = time.perf_counter()
@@ -105,8 +104,8 @@ def measure(config, repeats: int, ae_config=None, repr_config=None, num_devices=
     """The figures for `config`; stages 2 and 3 over random exports of the frozen configs."""
     frozen = {"ae_config": ae_config, "repr_config": repr_config, "num_devices": num_devices}
     with train_step.prepared(config, **frozen) as (config, mesh):
-        config_lib.validate(config, mesh.devices.size)
-        trainer = trainers.create(config, mesh)
+        stages.check_config(config, mesh.devices.size)
+        trainer = stages.create_trainer(config, mesh)
         state = trainer.initial_state()
         jax.block_until_ready(state)
         f = {

@@ -7,7 +7,7 @@
     python benchmarks/memory_plan.py --config configs/flow_24k.py --devices 64 \
         [--ae_config configs/ae_24k.py --repr_config configs/repr_24k.py]
 
-State: the stage's trainer (`f3_jax.trainers.create`) is built on a `jax.sharding.AbstractMesh`
+State: the stage's trainer (`f3_jax.stages.create_trainer`) is built on a `jax.sharding.AbstractMesh`
 of the requested shape, which needs no devices. Stages 2 and 3 are built with abstract frozen
 weights (ShapeDtypeStructs: nothing is read but the LLM's header and tokenizer): an earlier
 stage whose export is missing is stood in for by its config (--ae_config, --repr_config; by
@@ -55,7 +55,7 @@ from jax.sharding import AbstractMesh, AxisType
 from ml_collections import config_flags
 
 from f3_jax import config as config_lib
-from f3_jax import parallel, trainers
+from f3_jax import parallel, stages
 
 
 def define_flags():
@@ -173,7 +173,9 @@ def stand_ins(config, config_path: str | None, given: dict | None = None) -> dic
 def build_trainer(config, mesh, stand_in: dict, abstract_frozen: bool = True):
     """The stage's trainer on `mesh` (an AbstractMesh: no devices), frozen weights abstract."""
     try:
-        return trainers.create(config, mesh, abstract_frozen=abstract_frozen, stand_ins=stand_in)
+        return stages.create_trainer(
+            config, mesh, abstract_frozen=abstract_frozen, stand_ins=stand_in
+        )
     except config_lib.ConfigError as e:
         raise SystemExit(f"memory_plan: the {config.stage} trainer cannot be built: {e}") from e
 
@@ -212,24 +214,16 @@ def state_leaves(trainer) -> list[Leaf]:
 
 def frozen_leaves(trainer) -> list[Leaf]:
     """The frozen weights a stage-2/3 trainer holds outside its state, with the logical axis
-    names that place them (`f3_jax.trainers.frozen`, `llm_loaders`), in their stored dtypes."""
-    if not hasattr(trainer, "frozen"):
-        return []
-    from f3_jax.models.llm import abstract_params
-
-    logical = {"llm": lambda: abstract_params(trainer.llm_config)}
-    logical["ae"] = trainer.ae.logical_variables
-    if hasattr(trainer, "rep"):
-        logical["rep"] = trainer.rep.logical_params
+    names that place them (`trainer.frozen_logical`), in their stored dtypes."""
     is_box = lambda x: isinstance(x, nn.LogicallyPartitioned)
 
     def stored(box, x):
         shape = jax.ShapeDtypeStruct(x.shape, x.dtype)
         return box.replace_boxed(shape) if is_box(box) else shape
 
-    out = []
-    for part, tree in trainer.frozen().items():
-        boxed = jax.tree.map(stored, logical[part](), tree, is_leaf=is_box)
+    logical, out = trainer.frozen_logical(), []
+    for part, tree in trainer.frozen_weights().items():
+        boxed = jax.tree.map(stored, logical[part], tree, is_leaf=is_box)
         out += _leaves_of(boxed, ("frozen", part))
     return out
 
@@ -456,7 +450,7 @@ def run_single(config, shape, config_path: str | None, options) -> None:
     ae_config, repr_config)."""
     n = math.prod(shape)
     try:
-        config_lib.validate(config, n)
+        stages.check_config(config, n)
     except config_lib.ConfigError as e:
         print(f"note: the config does not validate on this mesh: {e}")
     t = time.perf_counter()

@@ -50,8 +50,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from f3_jax import checkpoint, parallel, trainers
-from f3_jax import config as config_lib
+from f3_jax import exports, parallel, stages
 from f3_jax.models.autoencoder import Autoencoder
 
 # Dense bf16 peak FLOP/s per device (vendor figures, no sparsity), matched by prefix of
@@ -117,13 +116,13 @@ def random_autoencoder_variables(ae_config) -> dict:
 
 def write_random_autoencoder(ae_config, directory: str) -> str:
     """A stage-1 export with random weights."""
-    checkpoint.write_export(directory, random_autoencoder_variables(ae_config), ae_config, 0)
+    exports.write(directory, random_autoencoder_variables(ae_config), ae_config, 0)
     return directory
 
 
 def write_random_representation(repr_config, directory: str, mesh) -> str:
     """A stage-2 export with random weights, through the stage-2 trainer's own export."""
-    trainer = trainers.create(repr_config, mesh)
+    trainer = stages.create_trainer(repr_config, mesh)
     trainer.export(directory, trainer.initial_state(), 0)
     return directory
 
@@ -234,9 +233,9 @@ def mesh_for(config, num_devices: int | None = None):
 def setup(config, mesh, latents: bool = False) -> tuple:
     """(trainer, initial state, device batch, seconds) for `config` (frozen stages in place);
     `latents`: a batch of cached latents (stages 2 and 3)."""
-    config_lib.validate(config, mesh.devices.size)
+    stages.check_config(config, mesh.devices.size)
     t = time.perf_counter()
-    trainer = trainers.create(config, mesh)
+    trainer = stages.create_trainer(config, mesh)
     state = trainer.initial_state()
     jax.block_until_ready(state)
     setup_s = time.perf_counter() - t

@@ -5,11 +5,11 @@ parameters). For pods: set data.path to a prepare'd corpus and mesh.* for the sl
   --config.data.path=gs://bucket/libritts --config.mesh.fsdp=8
 """
 
-from f3_jax.config import autoencoder_defaults
+from f3_jax.stages.autoencoder.config import defaults
 
 
 def get_config():
-    c = autoencoder_defaults()
+    c = defaults()
     c.compute_dtype = "bfloat16"
     c.model.channels = 64
     c.model.channel_mults = (1, 2, 4, 8, 16)

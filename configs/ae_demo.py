@@ -4,11 +4,11 @@
 Builds the demo corpus at data.path on first use (about 30 minutes of piper speech).
 """
 
-from f3_jax.config import autoencoder_defaults
+from f3_jax.stages.autoencoder.config import defaults
 
 
 def get_config():
-    c = autoencoder_defaults()
+    c = defaults()
     c.model.channels = 16
     c.model.channel_mults = (1, 2, 4, 8, 16)
     c.discriminator.mpd_channels = 8

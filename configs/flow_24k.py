@@ -5,11 +5,11 @@
       --config.representation.workdir=gs://BUCKET/repr_24k --config.llm.path=/path/to/llm
 """
 
-from f3_jax.config import flow_defaults
+from f3_jax.stages.flow.config import defaults
 
 
 def get_config():
-    c = flow_defaults()
+    c = defaults()
     c.autoencoder.workdir = "runs/ae_24k"  # override with the stage-1 and stage-2 runs
     c.representation.workdir = "runs/repr_24k"
     c.compute_dtype = "bfloat16"

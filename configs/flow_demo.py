@@ -5,11 +5,11 @@
   python -m f3_jax.generate --workdir runs/flow_demo --text "Room 42 is on floor 7." --out hi.wav
 """
 
-from f3_jax.config import flow_defaults
+from f3_jax.stages.flow.config import defaults
 
 
 def get_config():
-    c = flow_defaults()
+    c = defaults()
     c.autoencoder.workdir = "runs/ae_demo"
     c.representation.workdir = "runs/repr_demo"
     c.llm.path = "smollm2"

@@ -5,11 +5,11 @@
 The LLM is any Llama-family GGUF file or Hugging Face directory (config.llm.path).
 """
 
-from f3_jax.config import representation_defaults
+from f3_jax.stages.representation.config import defaults
 
 
 def get_config():
-    c = representation_defaults()
+    c = defaults()
     c.autoencoder.workdir = "runs/ae_24k"  # override with the stage-1 run
     c.compute_dtype = "bfloat16"
     c.llm.dtype = "bfloat16"

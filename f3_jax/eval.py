@@ -5,12 +5,12 @@ machine) or after it: one checkpoint (the latest, or --step), or with --watch ev
 as it is finalized, each exactly once per split (WORKDIR/eval/evaluated.json), until the
 config's final step (train.steps) is evaluated or no new checkpoint came for --timeout_s.
 
-It only reads the training's files (checkpoints through evaluators/checkpoints.py: never the
+It only reads the training's files (checkpoints through evaluation/checkpoints.py: never the
 data iterator, never a checkpoint still being written) and writes only under WORKDIR/eval/:
 TensorBoard events, metrics.json ({step: {"<split>/<name>": value}}), details/, figures/ and
 report.md. The train state is restored onto this machine's devices (one mesh axis, "data",
 over all local devices), whatever mesh it was saved from. The metrics are the stage's
-evaluator's (f3_jax/evaluators/). This binary never imports train.py.
+evaluator's (f3_jax/stages/<stage>/evaluator.py). This binary never imports train.py.
 """
 
 from __future__ import annotations
@@ -24,12 +24,11 @@ import jax
 from absl import flags, logging
 from ml_collections import config_flags
 
-from f3_jax import cli, evaluators, parallel, trainers
-from f3_jax import config as config_lib
+from f3_jax import cli, parallel, stages
 from f3_jax.errors import UsageError
-from f3_jax.evaluators import EvalOptions, EvalResult, report
-from f3_jax.evaluators.checkpoints import CheckpointReader
-from f3_jax.evaluators.store import EvalStore
+from f3_jax.evaluation import EvalOptions, EvalResult, report
+from f3_jax.evaluation.checkpoints import CheckpointReader
+from f3_jax.evaluation.store import EvalStore
 from f3_jax.summary import SummaryWriter
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -84,8 +83,8 @@ def eval_config(config, num_devices: int):
 def open_session(config, workdir: str, options: dict, devices) -> Session:
     mesh = parallel.make_mesh(config.mesh, devices)
     logging.info("evaluating on mesh %s", dict(mesh.shape))
-    trainer = trainers.create(config, mesh)
-    evaluator = evaluators.create(config, trainer, EvalOptions(**options))
+    trainer = stages.create_trainer(config, mesh)
+    evaluator = stages.create_evaluator(config, trainer, EvalOptions(**options))
     store = EvalStore(workdir)
     return Session(
         config,
@@ -213,7 +212,7 @@ def run(
         raise ValueError("give --step or --watch, not both")
     devices = list(devices if devices is not None else jax.local_devices())
     config = eval_config(config, len(devices))
-    config_lib.validate(config, len(devices))
+    stages.check_config(config, len(devices))
     if not watch_mode:  # fail before building anything when there is nothing to evaluate
         reader = CheckpointReader(workdir)
         step = _pick_step(reader, step)

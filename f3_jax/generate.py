@@ -58,7 +58,7 @@ def check_inputs() -> tuple:
 def main(argv) -> None:
     del argv
     prompt, rate = check_inputs()
-    from f3_jax.generation import Generator  # jax and the models: after the checks
+    from f3_jax.inference.generator import Generator  # jax and the models: after the checks
     from f3_jax.progress import CompileClock
 
     CompileClock.start()

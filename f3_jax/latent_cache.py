@@ -22,7 +22,7 @@ from collections.abc import Iterator, Sequence
 from absl import flags
 from ml_collections import config_flags
 
-from f3_jax import checkpoint, cli, data
+from f3_jax import cli, data, exports
 from f3_jax.config import ConfigError
 from f3_jax.data import latent_records
 from f3_jax.data.audio_io import resample
@@ -30,8 +30,7 @@ from f3_jax.data.dataset_info import write_json_atomic
 from f3_jax.data.shards import Job, MapFn, Result, write_split
 from f3_jax.data.sources import SplitSource, open_split
 from f3_jax.errors import UsageError
-from f3_jax.tokenizer import Tokenizer
-from f3_jax.trainers import frozen
+from f3_jax.inference.tokenizer import Tokenizer
 
 _CONFIG = _SPLITS = _DTYPE = _GROUP = _CHUNK = _WINDOWS = _NUM_SHARDS = None
 
@@ -121,9 +120,9 @@ def build(
     root = config.data.get("latent_cache", "")
     if not root:
         raise ConfigError("config.data.latent_cache is empty: --config.data.latent_cache=DIR")
-    export = frozen.export_dir(config.autoencoder.workdir, "autoencoder.workdir", "stage 1")
-    digest = frozen.file_digest(os.path.join(export, "weights.safetensors"))
-    variables, ae_config, step = checkpoint.read_export(export)
+    export = exports.find(config.autoencoder.workdir, "autoencoder.workdir", "stage 1")
+    digest = exports.file_digest(os.path.join(export, exports.WEIGHTS))
+    variables, ae_config, step = exports.read(export)
     if int(ae_config.sample_rate) != int(config.sample_rate):
         raise ConfigError(
             f"config.sample_rate={config.sample_rate} differs from the autoencoder's "

@@ -10,12 +10,12 @@ dimension that it divides (`logical_to_spec`).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import flax.linen as nn
 import jax
 import numpy as np
-from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+from jax.sharding import AbstractMesh, AxisType, Mesh, NamedSharding, PartitionSpec
 
 from f3_jax.config import resolve_mesh_shape
 
@@ -174,3 +174,43 @@ def to_host(tree):
 
         return multihost_utils.process_allgather(tree, tiled=True)
     return jax.device_get(tree)
+
+
+# ---- train states on a mesh ----------------------------------------------------------
+def state_layout(make_boxed_state: Callable[[], dict], mesh) -> tuple[dict, dict]:
+    """(abstract state, shardings) from tracing alone: nothing is computed or compiled.
+
+    `make_boxed_state` returns the state with `nn.LogicallyPartitioned` parameter boxes; the
+    boxes decide the shardings and are stripped from the abstract state.
+    """
+    abstract_boxed = jax.eval_shape(make_boxed_state)
+    shardings = shardings_of(abstract_boxed, mesh)
+    return nn.unbox(abstract_boxed), shardings
+
+
+def mesh_context(mesh):
+    """`jax.set_mesh` for a concrete mesh, `use_abstract_mesh` for an AbstractMesh (tracing and
+    lowering only)."""
+    if isinstance(mesh, AbstractMesh):
+        return jax.sharding.use_abstract_mesh(mesh)
+    return jax.set_mesh(mesh)
+
+
+def is_abstract(mesh) -> bool:
+    return isinstance(mesh, AbstractMesh)
+
+
+def sharded_init(make_boxed_state: Callable[[], dict], mesh, shardings) -> dict:
+    """Builds the state directly on its shardings (no device ever holds all of it)."""
+    init = jax.jit(lambda: nn.unbox(make_boxed_state()), out_shardings=shardings)
+    with jax.set_mesh(mesh):
+        return init()
+
+
+def abstract_like(state_shardings, abstract_state):
+    """ShapeDtypeStructs carrying the target shardings, for restoring onto a mesh."""
+    return jax.tree.map(
+        lambda s, a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+        state_shardings,
+        abstract_state,
+    )

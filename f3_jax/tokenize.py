@@ -22,11 +22,11 @@ from absl import flags
 from f3_jax import cli
 from f3_jax.data.audio_io import AudioBlocks, audio_blocks
 from f3_jax.data.errors import DataError
+from f3_jax.data.latent_io import LatentFile
 from f3_jax.errors import UsageError
-from f3_jax.latent_io import LatentFile
 
 if TYPE_CHECKING:  # imported in main, after the input is checked: jax takes seconds to load
-    from f3_jax.tokenizer import Tokenizer
+    from f3_jax.inference.tokenizer import Tokenizer
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir (its export or checkpoints).")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest export).")
@@ -70,7 +70,7 @@ def main(argv: list[str]) -> None:
         source = LatentFile(src) if command == "decode" else audio_blocks(src)
     except (DataError, OSError) as e:
         raise _bad_input(command, e) from e
-    from f3_jax.tokenizer import Tokenizer
+    from f3_jax.inference.tokenizer import Tokenizer
 
     tok = Tokenizer.from_checkpoint(_WORKDIR.value, step=_STEP.value, chunk_frames=_CHUNK.value)
     start = time.perf_counter()

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from f3_jax.config import autoencoder_defaults
+from f3_jax.stages.autoencoder.config import defaults as autoencoder_defaults
 
 
 def tiny_ae_config(**overrides):

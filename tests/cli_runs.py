@@ -202,7 +202,7 @@ def event_steps(logdir: Path) -> dict[str, set[int]]:
 
 def losses(workdir: Path) -> dict[int, float]:
     lines = (workdir / "train" / "metrics.jsonl").read_text().splitlines()
-    return {m["step"]: m["loss/gen_total"] for m in map(json.loads, lines) if "loss/gen_total" in m}
+    return {m["step"]: m["loss/total"] for m in map(json.loads, lines) if "loss/total" in m}
 
 
 def run_cli(

@@ -25,8 +25,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from f3_jax import checkpoint, parallel, trainers
-from f3_jax.config import flow_defaults
+from f3_jax import checkpoint, exports, parallel, stages
+from f3_jax.stages.flow.config import defaults as flow_defaults
 from tests.ae_fixtures import synthetic_batch, tiny_ae_config
 from tests.repr_fixtures import repr_batch, tiny_repr_config
 
@@ -42,7 +42,7 @@ def mesh_of_one():
 def digest(tree) -> str:
     """SHA-256 over every leaf's name, dtype, shape and bytes, in a fixed order."""
     h = hashlib.sha256()
-    for name, value in sorted(checkpoint._flat_params(jax.device_get(tree)).items()):
+    for name, value in sorted(exports.flat_arrays(jax.device_get(tree)).items()):
         value = np.asarray(value)
         h.update(f"{name}:{value.dtype}:{value.shape}".encode())
         h.update(np.ascontiguousarray(value).tobytes())
@@ -114,7 +114,7 @@ def run_all(root: str) -> tuple[dict, dict]:
     mesh = mesh_of_one()
     out, live = {}, {}
     c1 = stage1_config()
-    t1 = trainers.create(c1, mesh)
+    t1 = stages.create_trainer(c1, mesh)
     state, losses = _train(t1, synthetic_batch(c1))
     out["autoencoder"] = {
         "losses": losses,
@@ -125,7 +125,7 @@ def run_all(root: str) -> tuple[dict, dict]:
     live["autoencoder"] = (t1, state)
 
     c2 = tiny_repr_config(root)
-    t2 = trainers.create(c2, mesh)
+    t2 = stages.create_trainer(c2, mesh)
     state, losses = _train(t2, repr_batch(c2))
     out["representation"] = {
         "losses": losses,
@@ -137,7 +137,7 @@ def run_all(root: str) -> tuple[dict, dict]:
     t2.export(repr_dir, state, STEPS)
 
     c3 = stage3_config(root, repr_dir)
-    t3 = trainers.create(c3, mesh)
+    t3 = stages.create_trainer(c3, mesh)
     state, losses = _train(t3, repr_batch(c3))
     generated = t3.generator().generate(
         jax.device_get(state["params"]), "the cat", seed=0, max_patches=3

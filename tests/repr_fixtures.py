@@ -7,9 +7,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from f3_jax import checkpoint
-from f3_jax.config import representation_defaults
+from f3_jax import exports
 from f3_jax.models.autoencoder import Autoencoder
+from f3_jax.stages.representation.config import defaults as representation_defaults
 from tests.ae_fixtures import tiny_ae_config
 from tests.llm_fixtures import random_params, tiny_config, write_hf_dir
 
@@ -19,7 +19,7 @@ TEXTS = ["the cat", "a hat in the sun", "", "then a tan"]
 def write_frozen_models(root: str) -> tuple[str, str]:
     """(autoencoder workdir with export/, LLM directory) under root, written once."""
     ae_dir, llm_dir = os.path.join(root, "ae"), os.path.join(root, "llm")
-    if not os.path.exists(os.path.join(ae_dir, checkpoint.EXPORT_DIR, "config.json")):
+    if not os.path.exists(os.path.join(ae_dir, exports.EXPORT_DIR, "config.json")):
         ae_config = tiny_ae_config()
         crop = round(ae_config.data.crop_seconds * ae_config.sample_rate)
         model = Autoencoder.from_config(ae_config)
@@ -31,7 +31,7 @@ def write_frozen_models(root: str) -> tuple[str, str]:
             )
         )
         variables = init()
-        checkpoint.write_export(ae_dir, nn.unbox(variables), ae_config, 0)
+        exports.write(ae_dir, nn.unbox(variables), ae_config, 0)
     if not os.path.exists(os.path.join(llm_dir, "config.json")):
         llm_config = tiny_config()
         write_hf_dir(llm_dir, llm_config, random_params(llm_config))

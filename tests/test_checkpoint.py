@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from f3_jax import checkpoint
-from f3_jax.config import autoencoder_defaults
+from f3_jax import checkpoint, exports
+from f3_jax.stages.autoencoder.config import defaults as autoencoder_defaults
 
 
 def _state():
@@ -41,8 +41,8 @@ def test_restore_names_the_missing_leaf(tmp_path):
 
 def test_export_round_trip(tmp_path):
     variables = {"params": {"enc": {"kernel": np.ones((3, 2), np.float32)}}}
-    checkpoint.write_export(str(tmp_path), variables, autoencoder_defaults(), step=5)
-    checkpoint.write_export(str(tmp_path), variables, autoencoder_defaults(), step=6)  # overwrite
-    loaded, config, step = checkpoint.read_export(os.path.join(tmp_path, "export"))
+    exports.write(str(tmp_path), variables, autoencoder_defaults(), step=5)
+    exports.write(str(tmp_path), variables, autoencoder_defaults(), step=6)  # overwrite
+    loaded, config, step = exports.read(os.path.join(tmp_path, "export"))
     assert step == 6 and config.stage == "autoencoder"
     np.testing.assert_array_equal(loaded["params"]["enc"]["kernel"], np.ones((3, 2)))

@@ -7,6 +7,7 @@ import sys
 import pytest
 
 from f3_jax import config as config_lib
+from f3_jax import stages
 
 
 def _ae():
@@ -15,11 +16,11 @@ def _ae():
 
 def _fails(config, devices, match):
     with pytest.raises(config_lib.ConfigError, match=match):
-        config_lib.validate(config, devices)
+        stages.check_config(config, devices)
 
 
 def test_defaults_and_shipped_configs_are_valid():
-    config_lib.validate(_ae(), 1)
+    stages.check_config(_ae(), 1)
     for name, devices in (
         ("ae_demo", 8),
         ("ae_24k", 8),
@@ -29,7 +30,7 @@ def test_defaults_and_shipped_configs_are_valid():
         ("flow_24k", 256),
     ):
         module = __import__(f"configs.{name}", fromlist=["get_config"])
-        config_lib.validate(module.get_config(), devices)
+        stages.check_config(module.get_config(), devices)
 
 
 def test_later_stages_name_their_missing_inputs():
@@ -197,7 +198,7 @@ def _valid(stage: str):
 )
 def test_bad_number_is_named(stage, field, value):
     c = _valid(stage)
-    config_lib.validate(c, 1)  # valid before the change
+    stages.check_config(c, 1)  # valid before the change
     group, name = field.split(".")
     c[group][name] = value
     _fails(c, 1, re.escape(f"config.{field}={value!r}"))
@@ -208,7 +209,7 @@ def test_zero_and_tiny_allowed_where_they_mean_something(value):
     c = _ae()
     c.train.ema_decay = c.optim.weight_decay = c.bottleneck.noise_max = value
     c.loss.adv_weight = c.loss.feature_weight = value  # a run without the GAN terms
-    config_lib.validate(c, 1)
+    stages.check_config(c, 1)
 
 
 @pytest.mark.parametrize("field", ["data.eval_bucket_seconds", "data.gain_db"])

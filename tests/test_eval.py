@@ -25,17 +25,18 @@ import ml_collections
 import numpy as np
 import pytest
 
-from f3_jax import checkpoint, parallel
+from f3_jax import checkpoint, exports, parallel
 from f3_jax import eval as eval_lib
 from f3_jax.data.synthetic import tone, write_record_dir
-from f3_jax.evaluators import EvalResult, report
-from f3_jax.evaluators.checkpoints import CheckpointReader
-from f3_jax.evaluators.store import EvalStore, read_json
+from f3_jax.dsp import frame_mask
+from f3_jax.evaluation import EvalResult, report
+from f3_jax.evaluation.checkpoints import CheckpointReader
+from f3_jax.evaluation.store import EvalStore, read_json
 from f3_jax.losses.spectral import multi_resolution_stft_loss
-from f3_jax.metrics.latents import LatentStats, frame_mask, latent_sums
+from f3_jax.metrics.latents import LatentStats, latent_sums
 from f3_jax.metrics.stft_distance import stft_distance
+from f3_jax.stages.autoencoder.trainer import AutoencoderTrainer
 from f3_jax.summary import SummaryWriter
-from f3_jax.trainers.autoencoder import AutoencoderTrainer
 from tests.ae_fixtures import tiny_ae_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -48,6 +49,7 @@ CONFIG_TEMPLATE = '''
 """Tiny stage-1 config for the eval CLI tests (written by tests/test_eval.py)."""
 
 from tests.ae_fixtures import tiny_ae_config
+from f3_jax import exports
 
 
 def get_config():
@@ -286,7 +288,7 @@ def test_eval_logs_its_phases_with_counts(setup, watched):
 
 def test_report_titles_follow_the_clips_kinds(tmp_path):
     """Stage 3 shows generated speech: its spectrogram panel must say so."""
-    from f3_jax.evaluators.store import EvalStore
+    from f3_jax.evaluation.store import EvalStore
 
     rng = np.random.default_rng(0)
     audio = {
@@ -298,7 +300,7 @@ def test_report_titles_follow_the_clips_kinds(tmp_path):
 
 
 def test_one_evaluated_step_gets_a_table_not_a_curve(tmp_path):
-    from f3_jax.evaluators.store import EvalStore
+    from f3_jax.evaluation.store import EvalStore
 
     store = EvalStore(str(tmp_path))
     store.add_metrics(5, {"valid/mel_distance": 3.0})
@@ -497,14 +499,14 @@ def _write_random_autoencoder_export(workdir: str) -> None:
         lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=one_device),
         nn.unbox(jax.eval_shape(init)),
     )
-    checkpoint.write_export(workdir, jax.device_get(_random_state(abstract)), config, 0)
+    exports.write(workdir, jax.device_get(_random_state(abstract)), config, 0)
 
 
 @pytest.mark.slow  # 25-45 s on the loaded 2-core CPU: about ten small models to compile
 def test_representation_evaluator_reports_rq_mtp_probes_and_wer(tmp_path):
-    from f3_jax.evaluators import EvalOptions
-    from f3_jax.evaluators.representation import RepresentationEvaluator
-    from f3_jax.trainers.representation import RepresentationTrainer
+    from f3_jax.evaluation import EvalOptions
+    from f3_jax.stages.representation.evaluator import RepresentationEvaluator
+    from f3_jax.stages.representation.trainer import RepresentationTrainer
     from tests.repr_fixtures import TEXTS, tiny_repr_config
 
     rng = np.random.default_rng(0)
@@ -549,8 +551,8 @@ def test_representation_evaluator_reports_rq_mtp_probes_and_wer(tmp_path):
 def test_autoencoder_eval_counts_clips_no_metric_can_score():
     """A 1-sample clip used to crash STOI and with it the eval binary; silence and short clips
     are skipped by PESQ, STOI and the recognizer and counted under skipped/*."""
-    from f3_jax.evaluators.autoencoder import AutoencoderEvaluator, _wer_scalars
     from f3_jax.metrics.recognizer import transcribe
+    from f3_jax.stages.autoencoder.evaluator import AutoencoderEvaluator, _wer_scalars
     from tests.test_metrics import speech_like
 
     sr = 16000
@@ -571,7 +573,7 @@ def test_autoencoder_eval_counts_clips_no_metric_can_score():
 
 
 def test_flow_eval_leaves_out_texts_whose_original_is_skipped():
-    from f3_jax.evaluators.flow import _generation_scalars
+    from f3_jax.stages.flow.evaluator import _generation_scalars
 
     outs = [{"x_real_time": 0.5, "seconds": 1.0, "stopped": True}] * 3
     scalars = _generation_scalars(

@@ -12,13 +12,14 @@ import ml_collections
 import numpy as np
 import pytest
 
-from f3_jax import checkpoint, latent_cache, parallel
+from f3_jax import exports, latent_cache, parallel
 from f3_jax.data import DataError, latent_records, records, train_dataset
 from f3_jax.data.synthetic import tone, write_record_dir
+from f3_jax.exports import file_digest
+from f3_jax.inference.tokenizer import Tokenizer
 from f3_jax.models.autoencoder import Autoencoder
-from f3_jax.tokenizer import Tokenizer
-from f3_jax.trainers.frozen import file_digest
-from f3_jax.trainers.representation import LATENT_KEYS, RepresentationTrainer
+from f3_jax.stages.latent_trainer import LATENT_KEYS
+from f3_jax.stages.representation.trainer import RepresentationTrainer
 from tests.ae_fixtures import tiny_ae_config
 from tests.repr_fixtures import TEXTS, tiny_repr_config
 
@@ -47,7 +48,7 @@ def _write_autoencoder(root):
         return (scale * rng.standard_normal(leaf.shape)).astype(np.float32)
 
     variables = jax.tree_util.tree_map_with_path(fill, shapes)
-    checkpoint.write_export(os.path.join(root, "ae"), variables, config, 0)
+    exports.write(os.path.join(root, "ae"), variables, config, 0)
 
 
 def _utts(lengths, prefix, seed):
@@ -204,9 +205,10 @@ def test_stage2_step_from_cache_equals_the_step_from_audio(built):
     # The step variant with the LLM term only traces here: compiling it twice would double the
     # file's time, and it reads the same latents, frame mask and text tokens as the one below.
     with jax.set_mesh(trainer.mesh):
-        step = trainer._steps[True, LATENT_KEYS]
+        step = trainer._jitted_step(True, LATENT_KEYS)
         arrays = {k: with_text[k] for k in LATENT_KEYS}  # without the host-side variant flag
-        _, m = jax.eval_shape(step, trained, state["quantizer"], trainer.frozen(), arrays)
+        constants = {"quantizer": state["quantizer"]}
+        _, m = jax.eval_shape(step, trained, constants, trainer.frozen_weights(), arrays)
     assert "loss/transcript" in m
     losses = []
     for local in (cached, audio):
@@ -214,7 +216,7 @@ def test_stage2_step_from_cache_equals_the_step_from_audio(built):
         batch = parallel.global_batch(trainer.host_batch(local), trainer.mesh)
         _, metrics = trainer.train_step(state, batch, 0)
         losses.append(jax.device_get(metrics))
-    for key in ("loss/total", "loss/rq_mtp", "grad_norm/total"):
+    for key in ("loss/total", "loss/rq_mtp", "grad_norm/model"):
         np.testing.assert_allclose(losses[0][key], losses[1][key], rtol=1e-5, err_msg=key)
     # The trainer's own check runs the digest of its autoencoder against the cache's.
     trainer.ae.digest = info["autoencoder_digest"][:16] + "0" * 48

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from benchmarks import memory_plan
-from f3_jax import trainers
-from f3_jax.config import flow_defaults
+from f3_jax import stages
+from f3_jax.stages.flow.config import defaults as flow_defaults
 from tests.ae_fixtures import tiny_ae_config
 from tests.repr_fixtures import tiny_repr_config
 
@@ -42,7 +42,8 @@ def _per_device(leaves, fsdp):
 def test_stage2_on_an_abstract_mesh_splits_state_and_frozen_weights(repr_config):
     mesh = memory_plan.abstract_mesh((1, 4, 1))
     trainer = memory_plan.build_trainer(repr_config, mesh, {})
-    assert all(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(trainer.frozen()))
+    frozen = jax.tree.leaves(trainer.frozen_weights())
+    assert all(isinstance(x, jax.ShapeDtypeStruct) for x in frozen)
     leaves = memory_plan.state_leaves(trainer)
     memory_plan.check_against_trainer(trainer, leaves, mesh)
     # the optimizer holds moments of the trained parameters only, none of the frozen weights
@@ -66,7 +67,7 @@ def test_stage3_planned_with_stand_ins_for_missing_exports(repr_config, tmp_path
     with pytest.raises(SystemExit, match="--ae_config"):
         memory_plan.stand_ins(config, None, {})
     mesh = memory_plan.abstract_mesh((1, 2, 1))
-    trainer = trainers.create(config, mesh, stand_ins=stand_in)
+    trainer = stages.create_trainer(config, mesh, stand_ins=stand_in)
     leaves = memory_plan.state_leaves(trainer)
     full, half = _per_device(leaves, 1), _per_device(leaves, 2)
     assert half < 0.55 * full

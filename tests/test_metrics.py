@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from f3_jax.losses.spectral import mel_distance
+from f3_jax.dsp import mel_distance
 from f3_jax.metrics import intelligibility, probe, recognizer
 from f3_jax.metrics.audio import si_sdr
 

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 
 from f3_jax import parallel
-from f3_jax.config import autoencoder_defaults
-from f3_jax.losses.spectral import stfts
+from f3_jax.dsp import stfts
 from f3_jax.models.autoencoder import Autoencoder, Decoder, Encoder, receptive_field
 from f3_jax.models.bottleneck import NormalizedNoisyBottleneck
 from f3_jax.models.discriminators import Discriminators
 from f3_jax.models.layers import WNConv1d, WNConvTranspose1d, strided_padding
+from f3_jax.stages.autoencoder.config import defaults as autoencoder_defaults
 
 
 def small_config(strides=(2, 4, 6, 10), sample_rate=24000, **bottleneck):

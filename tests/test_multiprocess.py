@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from f3_jax import checkpoint
+from f3_jax import checkpoint, exports
 from tests.cli_runs import RUN_TIMEOUT_S, N, Setup, batch_records, losses, tail
 
 LAUNCHER = Path(__file__).resolve().parents[1] / "launch" / "local_multiprocess.sh"
@@ -142,7 +142,7 @@ def _restore(workdir: Path, step: int) -> dict:
     try:
         import jax
 
-        return checkpoint._flat_params(jax.device_get(ckpt.restore_raw(step)))
+        return exports.flat_arrays(jax.device_get(ckpt.restore_raw(step)))
     finally:
         ckpt.close()
 

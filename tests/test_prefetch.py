@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from f3_jax import checkpoint
+from f3_jax import exports
 from f3_jax.prefetch import DevicePrefetch
 
 
@@ -67,7 +67,7 @@ def test_negative_size_is_an_error():
 
 
 def test_background_writes_run_in_order_off_the_caller_thread():
-    writes = checkpoint.BackgroundWrites()
+    writes = exports.BackgroundWrites()
     done, threads, gate = [], [], threading.Event()
 
     def write(i):
@@ -88,7 +88,7 @@ def test_background_writes_run_in_order_off_the_caller_thread():
 
 
 def test_background_write_failure_is_raised():
-    writes = checkpoint.BackgroundWrites()
+    writes = exports.BackgroundWrites()
 
     def fail():
         raise OSError("disk full at export/weights.safetensors")

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from f3_jax import config as config_lib
+from f3_jax import stages
 from f3_jax.models.autoencoder import Autoencoder
 from f3_jax.models.flow_head import PatchFlowHead
 from f3_jax.models.llm import LLM, init_cache, stack_layer_params, unstack_layer_params
@@ -191,12 +192,12 @@ def test_bad_remat_value_is_named(stage, key):
     group, name = key.split(".")
     c[group][name] = "everything"
     with pytest.raises(config_lib.ConfigError, match=rf"config\.{key}='everything'"):
-        config_lib.validate(c, 1)
+        stages.check_config(c, 1)
 
 
 def test_jaxpr_flops_count_every_scanned_layer():
     """XLA's cost analysis counts a loop body once; the step FLOP count must not."""
-    from f3_jax.trainers.common import jaxpr_flops
+    from f3_jax.flops import jaxpr_flops
 
     def scanned(w, x):
         return jax.lax.scan(lambda c, wi: (jnp.tanh(c @ wi), None), x, w)[0].sum()

@@ -22,7 +22,7 @@ from etils.epath import backend as epath_backend
 from etils.epath import gpath
 from fsspec.spec import AbstractBufferedFile, AbstractFileSystem
 
-from f3_jax import storage
+from f3_jax import exports, storage
 from f3_jax.summary import SummaryWriter
 
 
@@ -367,8 +367,8 @@ def test_summary_writer_survives_a_failed_upload(fake_gcs):
 
 # ---- eval files and report ---------------------------------------------------------------
 def test_eval_store_and_report_on_remote_workdir(fake_gcs):
-    from f3_jax.evaluators import report
-    from f3_jax.evaluators.store import EvalStore
+    from f3_jax.evaluation import report
+    from f3_jax.evaluation.store import EvalStore
 
     store = EvalStore("gs://bucket/run")
     for step, loss in ((10, 2.0), (20, float("nan"))):
@@ -396,8 +396,8 @@ def test_eval_store_and_report_on_remote_workdir(fake_gcs):
 
 
 def test_spectrogram_figures_on_remote_workdir(fake_gcs):
-    from f3_jax.evaluators import report
-    from f3_jax.evaluators.store import EvalStore
+    from f3_jax.evaluation import report
+    from f3_jax.evaluation.store import EvalStore
 
     store = EvalStore("gs://bucket/run")
     wav = np.sin(np.linspace(0, 400, 4000)).astype(np.float32)
@@ -412,13 +412,12 @@ def test_tokenizer_from_remote_export(fake_gcs, tmp_path, monkeypatch):
     from ae_fixtures import tiny_ae_config
     from test_tokenizer import random_variables
 
-    from f3_jax import checkpoint
-    from f3_jax.tokenizer import Tokenizer
+    from f3_jax.inference.tokenizer import Tokenizer
 
     monkeypatch.chdir(tmp_path)  # a local-only call must not litter the repository
     config = tiny_ae_config()
     variables = random_variables(config, seed=1)
-    checkpoint.write_export("gs://bucket/ae", variables, config, step=5)
+    exports.write("gs://bucket/ae", variables, config, step=5)
     tok = Tokenizer.from_checkpoint("gs://bucket/ae")
     for got, want in zip(jax.tree.leaves(tok.variables), jax.tree.leaves(variables)):
         np.testing.assert_array_equal(got, want)
@@ -426,22 +425,22 @@ def test_tokenizer_from_remote_export(fake_gcs, tmp_path, monkeypatch):
 
 def test_frozen_export_found_and_copied_on_remote_workdirs(fake_gcs, tmp_path):
     """A stage-2/3 run reads its frozen stage from gs:// and copies it into its own export."""
+
     from f3_jax.config import ConfigError
-    from f3_jax.trainers import frozen
 
     src = "gs://bucket/ae/export"
     files = _make_tree(src)
-    assert frozen.export_dir("gs://bucket/ae", "autoencoder.workdir", "stage 1") == src
-    assert frozen.export_dir(src, "autoencoder.workdir", "stage 1") == src  # an export itself
+    assert exports.find("gs://bucket/ae", "autoencoder.workdir", "stage 1") == src
+    assert exports.find(src, "autoencoder.workdir", "stage 1") == src  # an export itself
     with pytest.raises(ConfigError, match="config.autoencoder.workdir='gs://bucket/none'"):
-        frozen.export_dir("gs://bucket/none", "autoencoder.workdir", "stage 1")
+        exports.find("gs://bucket/none", "autoencoder.workdir", "stage 1")
 
     dest = "gs://bucket/repr/export/autoencoder"
-    frozen.copy_export(src, dest)
+    exports.copy(src, dest)
     assert sorted(storage.walk_files(dest)) == sorted(files)
     fake_gcs.published.clear()
-    frozen.copy_export(src, dest)  # the same weights already there: nothing uploaded
+    exports.copy(src, dest)  # the same weights already there: nothing uploaded
     assert fake_gcs.published == []
     local = tmp_path / "export" / "autoencoder"
-    frozen.copy_export(src, str(local))  # remote -> local
+    exports.copy(src, str(local))  # remote -> local
     assert (local / "weights.safetensors").read_bytes() == files["weights.safetensors"]

@@ -17,7 +17,7 @@ import soundfile as sf
 from ae_fixtures import tiny_ae_config
 from test_tokenizer import random_variables
 
-from f3_jax import checkpoint
+from f3_jax import exports
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHORT_S, LONG_S = 20, 20 * 60
@@ -33,7 +33,7 @@ SLACK_MB = 32
 def workdir(tmp_path_factory) -> str:
     config = tiny_ae_config(**{"model.channels": 2, "model.dilations": (1,)})
     path = str(tmp_path_factory.mktemp("tokenize_export"))
-    checkpoint.write_export(path, random_variables(config), config, step=1)
+    exports.write(path, random_variables(config), config, step=1)
     return path
 
 

@@ -23,13 +23,13 @@ import soundfile as sf
 import soxr
 from ae_fixtures import tiny_ae_config
 
-from f3_jax import checkpoint
-from f3_jax.config import representation_defaults
+from f3_jax import checkpoint, exports
 from f3_jax.data.audio_io import load_audio
+from f3_jax.inference.tokenizer import Tokenizer, plan_windows, ready_windows, window_lengths
 from f3_jax.models.autoencoder import Autoencoder
 from f3_jax.models.llm import stack_layer_params
 from f3_jax.models.representation import RepresentationEncoder
-from f3_jax.tokenizer import Tokenizer, plan_windows, ready_windows, window_lengths
+from f3_jax.stages.representation.config import defaults as representation_defaults
 
 HOP = 40
 LONG_FRAMES = 180  # 8 windows with chunk_frames=24 (kept cores of 24 frames)
@@ -279,7 +279,7 @@ def test_from_checkpoint_reads_export(tmp_path):
     variables = random_variables(config, seed=1)
     with pytest.raises(FileNotFoundError):
         Tokenizer.from_checkpoint(str(tmp_path))
-    checkpoint.write_export(str(tmp_path), variables, config, step=5)
+    exports.write(str(tmp_path), variables, config, step=5)
     tok = Tokenizer.from_checkpoint(str(tmp_path), chunk_frames=CHUNK)
     assert tok.config.model.hop == HOP and tok.hop == HOP and tok.sample_rate == 8000
     for got, want in zip(jax.tree.leaves(tok.variables), jax.tree.leaves(variables)):
@@ -291,7 +291,7 @@ def test_from_checkpoint_falls_back_to_orbax(tmp_path):
     variables = random_variables(config, seed=1)
     workdir = str(tmp_path)
     _save_checkpoint(workdir, config, variables, step=3)
-    checkpoint.write_export(workdir, variables, config, step=5)
+    exports.write(workdir, variables, config, step=5)
     for tok in (Tokenizer.from_checkpoint(workdir, step=3), _without_export(workdir)):
         assert tok.config.model.hop == HOP
         for got, want in zip(jax.tree.leaves(tok.variables), jax.tree.leaves(variables)):
@@ -300,14 +300,14 @@ def test_from_checkpoint_falls_back_to_orbax(tmp_path):
 
 def _without_export(workdir: str) -> Tokenizer:
     """from_checkpoint after the export is removed: the latest checkpoint."""
-    os.remove(os.path.join(workdir, checkpoint.EXPORT_DIR, "config.json"))
+    os.remove(os.path.join(workdir, exports.EXPORT_DIR, "config.json"))
     return Tokenizer.from_checkpoint(workdir)
 
 
 @pytest.mark.slow  # keeps the default run under 15 min on 2 cores
 def test_cli_round_trip(tmp_path):
     config = tiny_ae_config()
-    checkpoint.write_export(str(tmp_path), random_variables(config), config, step=1)
+    exports.write(str(tmp_path), random_variables(config), config, step=1)
     src, npy, out = tmp_path / "in.wav", tmp_path / "z.npy", tmp_path / "out.wav"
     sf.write(src, noise(16000 // 2 + 7, 13), 16000)  # 0.5 s at 16 kHz: resampled to 8 kHz
     env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu")

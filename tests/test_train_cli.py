@@ -20,7 +20,7 @@ import jax
 import numpy as np
 import pytest
 
-from f3_jax import checkpoint
+from f3_jax import checkpoint, exports
 from tests.cli_runs import (
     N,
     Run,
@@ -108,20 +108,20 @@ def test_quickstart_run_writes_logs_checkpoints_and_export(reference):
     workdir, run = reference
     _assert_clean_exit(run)
     events = event_steps(workdir / "train")
-    assert events.get("loss/gen_total") == set(range(1, N + 1)), sorted(events)
+    assert events.get("loss/total") == set(range(1, N + 1)), sorted(events)
     assert events.get("valid/mel_distance") == {4, 6}, sorted(events)
     assert events.get("samples/0/reconstruction") == events.get("spectrogram/0") == {4}
     metrics = [
         json.loads(x) for x in (workdir / "train" / "metrics.jsonl").read_text().splitlines()
     ]
-    losses = {m["step"]: m["loss/gen_total"] for m in metrics if "loss/gen_total" in m}
+    losses = {m["step"]: m["loss/total"] for m in metrics if "loss/total" in m}
     assert sorted(losses) == list(range(1, N + 1))
     assert all(np.isfinite(v) for v in losses.values()), losses
     assert losses[6] < losses[1], losses
     assert {m["step"] for m in metrics if "valid/mel_distance" in m} == {4, 6}
     assert checkpoint_steps(workdir) == [N // 2, N]
     assert all(complete_checkpoint(workdir, s) for s in (N // 2, N))
-    variables, config, step = checkpoint.read_export(str(workdir / "export"))
+    variables, config, step = exports.read(str(workdir / "export"))
     assert step == N and config.train.steps == N and variables["params"]
 
 
@@ -157,7 +157,7 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(reference, interrupted)
 
     # Parameters, optimizer state, counters and RNG: bit for bit.
     ref, got = _restore(ref_dir, N), _restore(workdir, N)
-    flat_ref, flat_got = checkpoint._flat_params(ref), checkpoint._flat_params(got)
+    flat_ref, flat_got = exports.flat_arrays(ref), exports.flat_arrays(got)
     assert flat_ref.keys() == flat_got.keys()
     for key, value in flat_ref.items():
         np.testing.assert_array_equal(flat_got[key], value, err_msg=key)

@@ -36,7 +36,7 @@ LAUNCHER = """
 import sys
 from absl import app
 from f3_jax import summary, train
-from f3_jax.trainers.autoencoder import AutoencoderTrainer
+from f3_jax.stages.autoencoder.trainer import AutoencoderTrainer
 
 FAIL_STEP, WHERE = {fail_step}, {where!r}
 

@@ -8,13 +8,14 @@ import ml_collections
 import numpy as np
 import pytest
 
-from f3_jax import checkpoint, parallel
-from f3_jax.config import flow_defaults
-from f3_jax.generation import Generator
+from f3_jax import exports, parallel
+from f3_jax.inference.generator import Generator
 from f3_jax.models.llm import LLM
 from f3_jax.sampling import sample_flow
-from f3_jax.trainers.flow import FlowTrainer, gaussian_velocity
-from f3_jax.trainers.representation import RepresentationTrainer
+from f3_jax.stages.flow.config import defaults as flow_defaults
+from f3_jax.stages.flow.teacher_forcing import gaussian_velocity
+from f3_jax.stages.flow.trainer import FlowTrainer
+from f3_jax.stages.representation.trainer import RepresentationTrainer
 from tests.repr_fixtures import repr_batch, tiny_repr_config
 
 
@@ -24,7 +25,7 @@ def _mesh(shape=(1, 1, 1), devices=None):
 
 
 def _flat(tree):
-    return checkpoint._flat_params(jax.device_get(tree))
+    return exports.flat_arrays(jax.device_get(tree))
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +60,7 @@ def setup(tmp_path_factory):
 @pytest.fixture(scope="module")
 def trained(setup):
     config, trainer, _ = setup
-    frozen_before = _flat(trainer.frozen())
+    frozen_before = _flat(trainer.frozen_weights())
     state = trainer.initial_state()
     init = jax.device_get(state)
     batch = parallel.global_batch(trainer.host_batch(repr_batch(config)), trainer.mesh)
@@ -74,7 +75,7 @@ def trained(setup):
 def test_frozen_modules_unchanged_heads_move(setup, trained):
     _, trainer, _ = setup
     init, state, metrics, frozen_before, _ = trained
-    after = _flat(trainer.frozen())
+    after = _flat(trainer.frozen_weights())
     assert all(np.array_equal(after[k], frozen_before[k]) for k in frozen_before)
     for part in ("flow", "stop"):
         b, a = _flat(init["params"][part]), _flat(state["params"][part])
@@ -116,11 +117,11 @@ def test_incremental_generation_equals_recompute(setup, trained):
     out = gen.generate(params, "the cat", seed=3, max_patches=5)
     assert out["num_patches"] == 5 and not out["stopped"]
     # Recompute every condition from scratch: full encoder and LLM over the generated latents.
-    fz = trainer.frozen()
+    fz = trainer.frozen_weights()
     z = jnp.asarray(out["latents"])[None]
     fmask = jnp.ones(z.shape[:2])
-    r, _ = trainer.rep.encode(fz["rep"], z, fmask)
-    d, _, embeds = trainer.rep.patches(fz["rep"], r, fmask)
+    r, _ = trainer.representation.encode(fz["representation"], z, fmask)
+    d, _, embeds = trainer.representation.patches(fz["representation"], r, fmask)
     ids = gen.tokenizer.encode(" the cat") + gen.instruction
     text = trainer.llm.apply(fz["llm"], jnp.asarray([ids]), method=LLM.embed)
     seq = jnp.concatenate([text, embeds], axis=1)

@@ -5,11 +5,11 @@ import ml_collections
 import numpy as np
 import pytest
 
-from f3_jax import checkpoint, parallel
+from f3_jax import exports, parallel
 from f3_jax.config import ConfigError
+from f3_jax.inference.tokenizer import Tokenizer
 from f3_jax.models.quantizer import RandomProjectionQuantizer
-from f3_jax.tokenizer import Tokenizer
-from f3_jax.trainers.representation import RepresentationTrainer
+from f3_jax.stages.representation.trainer import RepresentationTrainer
 from tests.repr_fixtures import repr_batch, tiny_repr_config
 
 
@@ -29,7 +29,7 @@ def _steps(trainer, state, local, count):
 
 
 def _flat(tree):
-    return checkpoint._flat_params(jax.device_get(tree))
+    return exports.flat_arrays(jax.device_get(tree))
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +41,7 @@ def root(tmp_path_factory):
 def single(root):
     config = tiny_repr_config(root)
     trainer = _trainer(config, (1, 1, 1), jax.devices()[:1])
-    frozen_before = _flat(trainer.frozen())
+    frozen_before = _flat(trainer.frozen_weights())
     init = trainer.initial_state()
     host_init = jax.device_get(init)
     state, metrics = _steps(trainer, init, repr_batch(config), 2)
@@ -50,7 +50,7 @@ def single(root):
 
 def test_frozen_modules_unchanged_and_trained_ones_move(single):
     _, trainer, host_init, state, metrics, frozen_before = single
-    after = _flat(trainer.frozen())
+    after = _flat(trainer.frozen_weights())
     assert after.keys() == frozen_before.keys()
     assert all(np.array_equal(after[k], frozen_before[k]) for k in after)
     q_before, q_after = _flat(host_init["quantizer"]), _flat(state["quantizer"])
@@ -102,7 +102,7 @@ def test_frozen_stages_in_bfloat16_outside_the_optimizer(single, root):
     c.autoencoder.dtype = c.autoencoder.param_dtype = "bfloat16"
     c.llm.dtype = c.llm.param_dtype = "bfloat16"
     trainer = _trainer(c, (1, 1, 1), jax.devices()[:1])
-    dtypes = {str(x.dtype) for x in jax.tree.leaves(trainer.frozen())}
+    dtypes = {str(x.dtype) for x in jax.tree.leaves(trainer.frozen_weights())}
     assert dtypes == {"bfloat16"}
     state = trainer.logical_state()
     opt_shapes = sorted(x.value.shape for x in _boxes(state["opt"]))

@@ -16,8 +16,8 @@ autoencoder are never read by mistake (the info file holds the whole digest). A 
 
 num_samples counts the utterance at the autoencoder's sample_rate; num_frames =
 ceil(num_samples / hop), as Tokenizer.encode gives. `LatentCrop` crops them as crops.RandomCrop
-crops audio, in frames: the frame mask marks the frames that are mostly real audio (as
-trainers.frozen.frame_mask does for a padded crop). Unlike encoding a crop, the cached latents
+crops audio, in frames: the frame mask marks the frames whose centre sample is real audio (the
+rule of f3_jax.dsp.frame_mask, counted here without jax). Unlike encoding a crop, the cached latents
 near a crop's cut or the utterance's end see the real neighbouring audio, not zero padding;
 frames past the utterance's last latent are zeros.
 """
@@ -103,7 +103,9 @@ def decode(data: bytes) -> LatentRecord:
 
 
 def valid_frames(num_samples: int, hop: int) -> int:
-    """Frames more than half of real samples: the frame_mask of audio padded after the clip."""
+    """Frames whose centre sample is real (f3_jax.dsp.frame_mask's rule) for a clip of
+    num_samples followed by padding: the whole frames, and the last partial one when its
+    centre is inside the clip (more than half of it is real)."""
     return num_samples // hop + int(2 * (num_samples % hop) > hop)
 
 

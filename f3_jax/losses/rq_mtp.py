@@ -55,7 +55,7 @@ def chunked_per_example_stats(
     rematerialized (`jax.checkpoint`), so the backward pass holds one chunk's logits at a time
     instead of all of them (and their gradient). The kernel is only reshaped and each chunk's
     slice read in place: a transposed copy of it would cost more memory than the logits at
-    small batches. (XLA's cost analysis counts the loop body once; `trainers.common.jaxpr_flops`
+    small batches. (XLA's cost analysis counts the loop body once; `f3_jax.flops.jaxpr_flops`
     counts every chunk.)
     """
     w, k, c, size = kernel.shape

@@ -14,14 +14,6 @@ import jax.numpy as jnp
 import numpy as np
 
 
-def frame_mask(mask: jax.Array, hop: int, num_frames: int) -> jax.Array:
-    """(B, L) sample mask -> (B, num_frames) frame mask: frames mostly of real audio."""
-    b, n = mask.shape
-    need = num_frames * hop
-    mask = jnp.pad(mask, ((0, 0), (0, max(0, need - n))))[:, :need]
-    return (mask.reshape(b, num_frames, hop).mean(axis=-1) > 0.5).astype(jnp.float32)
-
-
 def latent_sums(z: jax.Array, fmask: jax.Array) -> dict[str, jax.Array]:
     """Sums over the real frames of z (B, T, D): count, sum and sum of squares per channel,
     and sum and sum of squares of the per-frame RMS."""

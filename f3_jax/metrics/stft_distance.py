@@ -12,18 +12,10 @@ from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from f3_jax.losses.spectral import magnitude, spectral_convergence, stft
+from f3_jax.dsp import frame_mask, magnitude, spectral_convergence, stft
 
 STFT_FFT_SIZES = (2048, 1024, 512, 256)
-
-
-def _frame_mask(mask: jax.Array, n_frames: int, hop: int) -> jax.Array:
-    # A frame counts when its center sample is real audio (the centered STFT's frame f is
-    # centered on sample f * hop).
-    centers = np.minimum(np.arange(n_frames) * hop, mask.shape[-1] - 1)
-    return mask[:, centers].astype(jnp.float32)
 
 
 def stft_distance(
@@ -47,7 +39,7 @@ def stft_distance(
     total = jnp.zeros((x.shape[0],), jnp.float32)
     for n in fft_sizes:
         mag_x, mag_y = magnitude(stft(x, n, n // 4)), magnitude(stft(y, n, n // 4))
-        fm = _frame_mask(mask, mag_x.shape[1], n // 4)[:, :, None]  # (B, frames, 1)
+        fm = frame_mask(mask, n // 4, mag_x.shape[1], centered=True)[:, :, None]  # (B, frames, 1)
         cells = jnp.maximum(jnp.sum(fm, axis=(1, 2)) * mag_x.shape[2], 1.0)
         log_diff = jnp.abs(jnp.log(mag_x + eps) - jnp.log(mag_y + eps))
         log_l1 = jnp.sum(log_diff * fm, axis=(1, 2)) / cells

@@ -13,7 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from f3_jax.losses.spectral import affine_stft, stft
+from f3_jax.dsp import affine_stft, stft
 from f3_jax.models.layers import WNConv2d
 
 Dtype = jnp.dtype | str

@@ -62,88 +62,38 @@ def tensor_plan(c: LLMConfig) -> list[TensorSpec]:
 
 
 def _layer_plan(c: LLMConfig, i: int, h: int, hd: int) -> list[TensorSpec]:
+    """Layer i's tensors: (Flax path, HF name, GGUF name, Flax shape, input dims or None)."""
     hf, gg, p = f"model.layers.{i}.", f"blk.{i}.", ("params", f"layers_{i}")
     attn = (*p, "attn")
-    heads = {"q": c.num_heads, "k": c.num_kv_heads, "v": c.num_kv_heads}
-    plan = [
-        TensorSpec(
-            (*p, "attn_norm", "scale"),
-            hf + "input_layernorm.weight",
-            gg + "attn_norm.weight",
-            (h,),
-            None,
-        ),
-        TensorSpec(
-            (*p, "mlp_norm", "scale"),
-            hf + "post_attention_layernorm.weight",
-            gg + "ffn_norm.weight",
-            (h,),
-            None,
-        ),
-        TensorSpec(
-            (*attn, "o_proj", "kernel"),
-            hf + "self_attn.o_proj.weight",
-            gg + "attn_output.weight",
-            (c.num_heads, hd, h),
-            2,
-        ),
-    ]
-    for name, n in heads.items():
-        plan.append(
-            TensorSpec(
-                (*attn, f"{name}_proj", "kernel"),
-                hf + f"self_attn.{name}_proj.weight",
-                gg + f"attn_{name}.weight",
-                (h, n, hd),
-                1,
-            )
-        )
+    rows = [
+        ((*p, "attn_norm", "scale"), "input_layernorm.weight", "attn_norm.weight", (h,), None),
+        ((*p, "mlp_norm", "scale"), "post_attention_layernorm.weight", "ffn_norm.weight",
+         (h,), None),
+        ((*attn, "o_proj", "kernel"), "self_attn.o_proj.weight", "attn_output.weight",
+         (c.num_heads, hd, h), 2),
+    ]  # fmt: skip
+    for name, n in (("q", c.num_heads), ("k", c.num_kv_heads), ("v", c.num_kv_heads)):
+        rows.append(((*attn, f"{name}_proj", "kernel"), f"self_attn.{name}_proj.weight",
+                     f"attn_{name}.weight", (h, n, hd), 1))  # fmt: skip
         if c.attention_bias:
-            plan.append(
-                TensorSpec(
-                    (*attn, f"{name}_proj", "bias"),
-                    hf + f"self_attn.{name}_proj.bias",
-                    gg + f"attn_{name}.bias",
-                    (n, hd),
-                    None,
-                )
-            )
+            rows.append(((*attn, f"{name}_proj", "bias"), f"self_attn.{name}_proj.bias",
+                         f"attn_{name}.bias", (n, hd), None))  # fmt: skip
     if c.attention_out_bias:
-        plan.append(
-            TensorSpec(
-                (*attn, "o_proj", "bias"),
-                hf + "self_attn.o_proj.bias",
-                gg + "attn_output.bias",
-                (h,),
-                None,
-            )
-        )
+        rows.append(((*attn, "o_proj", "bias"), "self_attn.o_proj.bias", "attn_output.bias",
+                     (h,), None))  # fmt: skip
     if c.qk_norm:
         for name in ("q", "k"):
-            plan.append(
-                TensorSpec(
-                    (*attn, f"{name}_norm", "scale"),
-                    hf + f"self_attn.{name}_norm.weight",
-                    gg + f"attn_{name}_norm.weight",
-                    (hd,),
-                    None,
-                )
-            )
+            rows.append(((*attn, f"{name}_norm", "scale"), f"self_attn.{name}_norm.weight",
+                         f"attn_{name}_norm.weight", (hd,), None))  # fmt: skip
     for name, gname, shape in (
         ("gate", "ffn_gate", (h, c.intermediate_size)),
         ("up", "ffn_up", (h, c.intermediate_size)),
         ("down", "ffn_down", (c.intermediate_size, h)),
     ):
-        plan.append(
-            TensorSpec(
-                (*p, "mlp", f"{name}_proj", "kernel"),
-                hf + f"mlp.{name}_proj.weight",
-                gg + f"{gname}.weight",
-                shape,
-                1,
-            )
-        )
-    return plan
+        rows.append(((*p, "mlp", f"{name}_proj", "kernel"), f"mlp.{name}_proj.weight",
+                     f"{gname}.weight", shape, 1))  # fmt: skip
+    return [TensorSpec(path, hf + hf_name, gg + gg_name, shape, n_in)
+            for path, hf_name, gg_name, shape, n_in in rows]  # fmt: skip
 
 
 def file_shape(spec: TensorSpec) -> tuple[int, ...]:

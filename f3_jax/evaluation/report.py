@@ -24,7 +24,7 @@ import os
 import numpy as np
 
 from f3_jax import storage
-from f3_jax.evaluators.store import EvalStore
+from f3_jax.evaluation.store import EvalStore
 
 ARROWS = {"lower": "↓", "higher": "↑"}
 

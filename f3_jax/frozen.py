@@ -1,11 +1,10 @@
-"""Frozen modules of earlier stages, loaded from their workdirs' exports.
+"""Frozen modules of earlier stages, loaded from their exports, and the frozen LLM.
 
-Stages 2 and 3 run the stage-1 autoencoder (and stage 3 the stage-2 encoder, downsampler and
-adapter) inside their steps as read-only arguments: never in the optimizer, never in the
-checkpoint, no gradients for them. Their weights are placed by their parameters' logical axes
-(split over fsdp like a trained model's, replicated on a data-parallel mesh). An export
-copied into a later stage's export (`copy_export`) makes that workdir self-contained for
-inference.
+Stages 2 and 3, the Generator and the evaluators run the stage-1 autoencoder (and stage 3 the
+stage-2 encoder, downsampler and adapter) as read-only arguments: never in an optimizer, never
+in a checkpoint, no gradients for them. Their weights are placed by their parameters' logical
+axes (split over fsdp like a trained model's, replicated on a data-parallel mesh). The frozen
+LLM and the ids of a stage's instruction are loaded here once (`FrozenLLM`).
 """
 
 from __future__ import annotations
@@ -15,48 +14,16 @@ import os
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from f3_jax import checkpoint, parallel, storage
+from f3_jax import exports, parallel
 from f3_jax.config import ConfigError
+from f3_jax.dsp import frame_mask
 from f3_jax.models.adapter import Downsampler, LLMAdapter
 from f3_jax.models.autoencoder import Autoencoder
+from f3_jax.models.llm import LLM
+from f3_jax.models.llm_loaders import load_llm
 from f3_jax.models.representation import RepresentationEncoder
-
-file_digest = storage.file_digest  # SHA-256 of an export's weights, local or remote
-
-
-def frame_mask(mask: jax.Array, hop: int) -> jax.Array:
-    """(B, L) sample mask -> (B, L / hop) latent-frame mask: frames mostly of real audio."""
-    b, n = mask.shape
-    return (mask[:, : n // hop * hop].reshape(b, -1, hop).mean(axis=-1) > 0.5).astype(jnp.float32)
-
-
-def export_dir(workdir: str, key: str, stage_name: str) -> str:
-    """WORKDIR/export (or WORKDIR itself when it is an export), else a ConfigError naming `key`.
-
-    WORKDIR may be local or a gs:// URL."""
-    if storage.as_path(workdir, "weights.safetensors").exists():
-        return workdir
-    export = os.path.join(workdir, checkpoint.EXPORT_DIR)
-    if not storage.as_path(export, "config.json").exists():
-        raise ConfigError(
-            f"config.{key}={workdir!r} has no {checkpoint.EXPORT_DIR}/config.json: "
-            f"train {stage_name} there first"
-        )
-    return export
-
-
-def copy_export(source: str, dest: str) -> None:
-    """Copies the export directory `source` to `dest` unless the same weights are there.
-
-    Either may be local or a gs:// URL (`storage.copy_tree`: config.json is written last, so a
-    reader never takes a half-copied export for a whole one)."""
-    have = storage.as_path(dest, "weights.safetensors")
-    if have.exists() and file_digest(have) == file_digest(
-        storage.as_path(source, "weights.safetensors")
-    ):
-        return
-    storage.copy_tree(source, dest)
 
 
 def cast_floats(tree, dtype: str):
@@ -122,9 +89,9 @@ class FrozenAutoencoder:
             export, variables, config, self.step = None, None, stand_in, 0
             self.digest = None
         else:
-            export = export_dir(workdir, key, "stage 1 (configs/ae_*.py)")
-            variables, config, self.step = checkpoint.read_export(export)
-            self.digest = file_digest(os.path.join(export, "weights.safetensors"))
+            export = exports.find(workdir, key, "stage 1 (configs/ae_*.py)")
+            variables, config, self.step = exports.read(export)
+            self.digest = exports.file_digest(os.path.join(export, exports.WEIGHTS))
         if int(config.sample_rate) != int(sample_rate):
             raise ConfigError(
                 f"config.sample_rate={sample_rate} differs from the autoencoder's "
@@ -152,7 +119,7 @@ class FrozenAutoencoder:
         """(B, L) audio -> (B, T, D) clean float32 latents (no gradient) and the frame mask."""
         out = self.model.apply(variables, audio * mask, train=False, method=Autoencoder.encode)
         z = jax.lax.stop_gradient(out["z"]).astype(jnp.float32)
-        return z, frame_mask(mask, self.hop)
+        return z, frame_mask(mask, self.hop, mask.shape[1] // self.hop)
 
     def decode(self, variables, z):
         return self.model.apply(variables, z, method=Autoencoder.decode)
@@ -182,8 +149,8 @@ class FrozenRepresentation:
                 raise ValueError("a stand-in representation config has no weights: use abstract")
             export, params, config, self.step = None, None, stand_in, 0
         else:
-            export = export_dir(workdir, "representation.workdir", "stage 2 (configs/repr_*.py)")
-            variables, config, self.step = checkpoint.read_export(export)
+            export = exports.find(workdir, "representation.workdir", "stage 2 (configs/repr_*.py)")
+            variables, config, self.step = exports.read(export)
             params = variables["params"]
             adapter_out = params["adapter"]["out_proj"]["kernel"].shape[-1]
             if adapter_out != llm_hidden:
@@ -234,3 +201,25 @@ class FrozenRepresentation:
         """Downsampled representations (B, N, Wd), their mask, and adapter embeddings."""
         d, pmask = self.downsampler.apply({"params": params["downsampler"]}, r, fmask)
         return d, pmask, self.adapter.apply({"params": params["adapter"]}, d)
+
+
+class FrozenLLM:
+    """A frozen decoder-only LLM from `llm_cfg` (a config's `llm` group: path, dtypes,
+    instruction, scan_layers, remat), its tokenizer, and the ids of the stage's instruction.
+
+    mesh: its weights are placed by their logical axes (None: the default device); abstract:
+    ShapeDtypeStructs only (planning, compiling); path: another location of the same weights.
+    """
+
+    def __init__(self, llm_cfg, mesh=None, *, abstract: bool = False, path: str | None = None):
+        self.config, self.params, self.tokenizer = load_llm(
+            path or llm_cfg.path,
+            mesh=mesh,
+            param_dtype=llm_cfg.param_dtype,
+            dtype=llm_cfg.dtype,
+            remat=llm_cfg.get("remat", "none"),
+            scan_layers=bool(llm_cfg.get("scan_layers", False)),
+            abstract=abstract,
+        )
+        self.module = LLM(self.config)
+        self.instruction_ids = np.asarray(self.tokenizer.encode(llm_cfg.instruction), np.int32)

@@ -19,7 +19,10 @@ from __future__ import annotations
 import numpy as np
 
 from f3_jax import parallel
-from f3_jax.evaluators import EvalOptions, EvalResult, common
+from f3_jax.evaluation import EvalOptions, EvalResult
+from f3_jax.evaluation.aggregate import WeightedMeans
+from f3_jax.evaluation.batches import clips, device_batch, local_batches, real_rows, split_size
+from f3_jax.evaluation.progress import EvalProgress
 from f3_jax.metrics.recognizer import transcribe
 from f3_jax.metrics.wer import word_error_rate
 
@@ -48,24 +51,24 @@ class FlowEvaluator:
 
     def evaluate(self, state: dict, step: int) -> EvalResult:
         split, t = self.options.split, self.trainer
-        means = common.WeightedMeans()
+        means = WeightedMeans()
         texts, ids, originals = [], [], []
-        progress = common.EvalProgress(step, split)
-        total = common.split_size(self.config, split, self.options.max_examples)
-        batches = common.local_batches(
+        progress = EvalProgress(step, split)
+        total = split_size(self.config, split, self.options.max_examples)
+        batches = local_batches(
             self.config, split, self.options.batch_size, self.options.max_examples
         )
         with progress.phase("teacher-forced metrics", total) as advance:
             for local in batches:
                 host = t.host_batch(local) | {"valid": local["valid"]}
-                batch = common.device_batch(host, t.mesh)
+                batch = device_batch(host, t.mesh)
                 metrics, _ = t.eval_step(state, batch)
                 means.add(metrics, batch["valid"], t.mesh)
-                rows = [i for i in common.real_rows(local) if str(local["text"][i]).strip()]
+                rows = [i for i in real_rows(local) if str(local["text"][i]).strip()]
                 texts += [str(local["text"][i]) for i in rows]
                 ids += [str(local["id"][i]) for i in rows]
-                originals += common.clips(local["audio"], local["mask"], np.asarray(rows, int))
-                advance(len(common.real_rows(local)))
+                originals += clips(local["audio"], local["mask"], np.asarray(rows, int))
+                advance(len(real_rows(local)))
         scalars = means.result()
         outs = self._generate(parallel.to_host(state["params"]), texts, progress)
         sr, threads = self.config.sample_rate, self.options.num_threads

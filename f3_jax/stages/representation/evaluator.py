@@ -23,10 +23,12 @@ import numpy as np
 
 from f3_jax import parallel
 from f3_jax.data import DataError
-from f3_jax.evaluators import EvalOptions, EvalResult, common
+from f3_jax.evaluation import EvalOptions, EvalResult
+from f3_jax.evaluation.aggregate import WeightedMeans
+from f3_jax.evaluation.batches import device_batch, local_batches, real_rows, split_size
+from f3_jax.evaluation.progress import EvalProgress
 from f3_jax.metrics.probe import evaluate_probe
 from f3_jax.metrics.wer import word_error_rate
-from f3_jax.models.llm_prompt import greedy_transcribe
 
 LABEL_PREFIX = "label_"
 NUM_TRANSCRIPT_ROWS = 8
@@ -74,7 +76,7 @@ class RepresentationEvaluator:
 
     # ---- pieces --------------------------------------------------------------------------
     def _batches(self, split: str, max_examples: int | None):
-        return common.local_batches(self.config, split, self.options.batch_size, max_examples)
+        return local_batches(self.config, split, self.options.batch_size, max_examples)
 
     def _repr_features(self, state: dict, batch: dict) -> np.ndarray:
         r, fmask = self.trainer.represent(state, batch["audio"], batch["mask"])
@@ -86,32 +88,17 @@ class RepresentationEvaluator:
             z, fmask = self._latents_jit(self.trainer.ae.variables, batch["audio"], batch["mask"])
             return parallel.to_host(pooled(z, fmask))
 
-    def _transcribe(self, outputs: dict) -> list[str]:
-        """Greedy transcripts of every row of a batch (a fixed shape: compiles once)."""
-        t = self.trainer
-        prefix, mask = parallel.to_host((outputs["prefix"], outputs["prefix_mask"]))
-        with jax.set_mesh(t.mesh):
-            ids = greedy_transcribe(
-                t.llm_params,
-                t.llm_config,
-                jnp.asarray(prefix),
-                jnp.asarray(mask),
-                self.config.eval.max_new_tokens,
-                t.text_tokenizer.eos_id,
-            )
-        return [t.text_tokenizer.decode(row).strip() for row in ids]
-
     def _train_features(self, state: dict, progress) -> tuple[_Features, _Features | None]:
         """Probe training set: representation features, and latent features unless cached."""
         split = self.config.data.train_split
         reprs = _Features()
         lat = None if split in self._latent_features else _Features()
-        total = common.split_size(self.config, split, self.options.probe_examples)
+        total = split_size(self.config, split, self.options.probe_examples)
         mesh = self.trainer.mesh
         with progress.phase(f"probe features ({split} split)", total) as advance:
             for local in self._batches(split, self.options.probe_examples):
-                rows = common.real_rows(local)
-                batch = common.device_batch({k: local[k] for k in ("audio", "mask")}, mesh)
+                rows = real_rows(local)
+                batch = device_batch({k: local[k] for k in ("audio", "mask")}, mesh)
                 reprs.add(self._repr_features(state, batch), local, rows)
                 if lat is not None:
                     lat.add(self._latent_features_of(batch), local, rows)
@@ -121,9 +108,9 @@ class RepresentationEvaluator:
     def _evaluate_batch(self, state, local, means, reprs, lat, transcripts) -> None:
         """One eval batch: its metrics, features, and greedy transcripts of rows with text."""
         texts, hyps, ids = transcripts
-        rows = common.real_rows(local)
+        rows = real_rows(local)
         host = self.trainer.host_batch(local) | {"valid": local["valid"]}
-        batch = common.device_batch(host, self.trainer.mesh)
+        batch = device_batch(host, self.trainer.mesh)
         metrics, outputs = self.trainer.eval_step(state, batch)
         means.add(metrics, batch["valid"], self.trainer.mesh)
         reprs.add(self._repr_features(state, batch), local, rows)
@@ -131,7 +118,7 @@ class RepresentationEvaluator:
             lat.add(self._latent_features_of(batch), local, rows)
         with_text = [i for i in rows if str(local["text"][i]).strip()]
         if with_text:
-            batch_hyps = self._transcribe(outputs)
+            batch_hyps = self.trainer.transcribe(outputs)
             texts += [str(local["text"][i]) for i in with_text]
             hyps += [batch_hyps[i] for i in with_text]
             ids += [str(local["id"][i]) for i in with_text]
@@ -139,15 +126,15 @@ class RepresentationEvaluator:
     # ---- evaluation ----------------------------------------------------------------------
     def evaluate(self, state: dict, step: int) -> EvalResult:
         split = self.options.split
-        means = common.WeightedMeans()
+        means = WeightedMeans()
         reprs, lat = _Features(), None if split in self._latent_features else _Features()
         texts, hyps, ids = [], [], []
-        progress = common.EvalProgress(step, split)
-        total = common.split_size(self.config, split, self.options.max_examples)
+        progress = EvalProgress(step, split)
+        total = split_size(self.config, split, self.options.max_examples)
         with progress.phase("metrics and greedy transcriptions", total) as advance:
             for local in self._batches(split, self.options.max_examples):
                 self._evaluate_batch(state, local, means, reprs, lat, (texts, hyps, ids))
-                advance(len(common.real_rows(local)))
+                advance(len(real_rows(local)))
         if not reprs.feats or not sum(len(f) for f in reprs.feats):
             raise DataError(f"split {split!r} of {self.config.data.path} has no utterances")
         if lat is not None:

@@ -24,8 +24,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from f3_jax.data import DataError
-from f3_jax.evaluators import EvalOptions, EvalResult, common
-from f3_jax.losses.spectral import mel_distance
+from f3_jax.dsp import frame_mask, mel_distance
+from f3_jax.evaluation import EvalOptions, EvalResult
+from f3_jax.evaluation.batches import clips, device_batch, local_batches, real_rows, split_size
+from f3_jax.evaluation.progress import EvalProgress
 from f3_jax.metrics import intelligibility, latents, recognizer
 from f3_jax.metrics.audio import si_sdr
 from f3_jax.metrics.stft_distance import stft_distance
@@ -74,7 +76,7 @@ class AutoencoderEvaluator:
             "stft_distance": stft_distance(ref, est, mask=mask),
             "si_sdr": si_sdr(ref, est, mask=mask),
         }
-        fmask = latents.frame_mask(mask, self.hop, z.shape[1])
+        fmask = frame_mask(mask, self.hop, z.shape[1])
         return est, z, metrics, latents.latent_sums(z, fmask)
 
     def _noisy_mel(self, variables, z, audio, mask, sigma, batch_index):
@@ -93,7 +95,7 @@ class AutoencoderEvaluator:
     def _batch(self, variables, local: dict, index: int, robustness: bool) -> dict:
         """Device work of one batch; numpy results of its real rows."""
         mesh = self.trainer.mesh
-        batch = common.device_batch(self._pad_to_hop(local), mesh)
+        batch = device_batch(self._pad_to_hop(local), mesh)
         audio, mask = batch["audio"], batch["mask"]
         noisy = []
         with jax.set_mesh(mesh):
@@ -103,14 +105,14 @@ class AutoencoderEvaluator:
                     self._noisy_mel_jit(variables, z, audio, mask, jnp.float32(s), index)
                     for s in SIGMAS[1:]
                 ]
-        rows = common.real_rows(local)
+        rows = real_rows(local)
         est, metrics, sums, noisy = jax.device_get((est, metrics, sums, noisy))
         out = {k: np.asarray(v)[rows] for k, v in metrics.items()}
         curve = [out["mel_distance"]] + [np.asarray(n)[rows] for n in noisy]
         out["robustness"] = np.stack(curve, axis=1) if noisy else np.zeros((0, len(SIGMAS)))
         out["sums"] = sums
-        out["est"] = common.clips(est, local["mask"], rows)
-        out["ref"] = common.clips(local["audio"], local["mask"], rows)
+        out["est"] = clips(est, local["mask"], rows)
+        out["ref"] = clips(local["audio"], local["mask"], rows)
         out["text"] = [str(local["text"][i]) for i in rows]
         out["id"] = [str(local["id"][i]) for i in rows]
         return out
@@ -120,9 +122,9 @@ class AutoencoderEvaluator:
         variables = self.trainer.inference_variables(state)
         o = self.options
         parts, noisy_rows = [], 0
-        progress = common.EvalProgress(step, o.split)
-        total = common.split_size(self.config, o.split, o.max_examples)
-        batches = common.local_batches(self.config, o.split, o.batch_size, o.max_examples)
+        progress = EvalProgress(step, o.split)
+        total = split_size(self.config, o.split, o.max_examples)
+        batches = local_batches(self.config, o.split, o.batch_size, o.max_examples)
         with progress.phase("reconstruction metrics", total) as advance:
             for i, local in enumerate(batches):
                 # The robustness curve decodes len(SIGMAS) - 1 more times: first batches only.

@@ -19,24 +19,29 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from f3_jax import checkpoint, parallel
+from f3_jax import exports, parallel
 from f3_jax.data.audio_io import resample
+from f3_jax.frozen import FrozenAutoencoder, FrozenLLM, FrozenRepresentation
 from f3_jax.models.flow_head import PatchFlowHead, StopHead
 from f3_jax.models.llm import LLM, init_cache
 from f3_jax.sampling import sample_flow
 
 
 class Generator:
-    """Holds the frozen modules and jitted steps; `generate` takes the heads' parameters."""
+    """Holds the frozen modules and jitted steps; `generate` takes the heads' parameters.
 
-    def __init__(self, config, ae, rep, llm_config, llm_params, text_tokenizer, mesh=None):
+    ae, representation: f3_jax.frozen's FrozenAutoencoder and FrozenRepresentation; llm: a
+    FrozenLLM (its instruction ids are the ones the heads were trained with).
+    """
+
+    def __init__(self, config, ae, representation, llm, mesh=None):
         self.config = config
-        self.ae, self.rep = ae, rep
-        self.llm_config, self.llm_params = llm_config, llm_params
-        self.llm = LLM(llm_config)
-        self.tokenizer = text_tokenizer
+        self.ae, self.rep = ae, representation
+        self.llm_config, self.llm_params = llm.config, llm.params
+        self.llm = llm.module
+        self.tokenizer = llm.tokenizer
         self.mesh = mesh
-        self.patch = rep.patch_frames
+        self.patch = representation.patch_frames
         fh = config.flow_head
         dtype = jnp.dtype(config.compute_dtype)  # as in training
         self.head = PatchFlowHead(
@@ -49,7 +54,7 @@ class Generator:
             dtype=dtype,
         )
         self.stop = StopHead(fh.stop_hidden, dtype=dtype)
-        self.instruction = list(text_tokenizer.encode(config.llm.instruction))
+        self.instruction = [int(i) for i in llm.instruction_ids]
         frames_per_second = config.sample_rate / ae.hop
         self.max_patches = max(
             1, int(config.sampling.max_seconds * frames_per_second) // self.patch
@@ -57,30 +62,26 @@ class Generator:
 
     @classmethod
     def from_workdir(cls, workdir: str, llm_path: str | None = None) -> tuple[Generator, dict]:
-        """(generator, heads' parameters) from a stage-3 workdir's self-contained export."""
-        from f3_jax.models.llm_loaders import load_llm
-        from f3_jax.trainers import frozen
-
-        export = frozen.export_dir(workdir, "workdir", "stage 3 (configs/flow_*.py)")
-        variables, config, _ = checkpoint.read_export(export)
+        """(generator, heads' parameters) from a stage-3 workdir's self-contained export (or,
+        if it is unreadable, its latest checkpoint: `exports.read_inference`)."""
+        variables, config, _ = exports.read_inference(
+            workdir, field="--workdir", stage_name="stage 3 (configs/flow_*.py)"
+        )
         if config.get("stage") != "flow":
-            raise ValueError(f"{export} is a {config.get('stage')!r} export, not a stage-3 one")
+            raise exports.MissingExportError(
+                f"{workdir} holds a {config.get('stage')!r} run, not a stage-3 one"
+            )
+        export = os.path.join(workdir, exports.EXPORT_DIR)
         mesh = parallel.make_mesh(
             ml_collections.ConfigDict({"data": 1, "fsdp": 1, "tensor": 1}), jax.devices()[:1]
         )
-        lc = config.llm
-        llm_config, llm_params, tok = load_llm(
-            llm_path or lc.path,
-            param_dtype=lc.param_dtype,
-            dtype=lc.dtype,
-            scan_layers=bool(lc.get("scan_layers", False)),
-        )
-        ae = frozen.FrozenAutoencoder(os.path.join(export, "autoencoder"), config.sample_rate, mesh)
-        rep = frozen.FrozenRepresentation(
-            os.path.join(export, "representation"), mesh, llm_config.hidden_size
+        llm = FrozenLLM(config.llm, path=llm_path)
+        ae = FrozenAutoencoder(os.path.join(export, "autoencoder"), config.sample_rate, mesh)
+        rep = FrozenRepresentation(
+            os.path.join(export, "representation"), mesh, llm.config.hidden_size
         )
         params = jax.tree.map(jnp.asarray, variables["params"])
-        return cls(config, ae, rep, llm_config, llm_params, tok), params
+        return cls(config, ae, rep, llm), params
 
     # ---- jitted pieces -----------------------------------------------------------------
     @functools.partial(jax.jit, static_argnums=0)
@@ -91,15 +92,17 @@ class Generator:
         return out["hidden"][:, -1], out["cache"]
 
     @functools.partial(jax.jit, static_argnums=0)
-    def _prompt_patches(self, fz, z, enc_cache):
+    def _prompt_patches(self, frozen, z, enc_cache):
         """Prompt latents (1, T, D) -> adapter embeddings, last downsampled repr, encoder cache."""
         mask = jnp.ones(z.shape[:2], jnp.float32)
-        r, enc_cache = self.rep.encode(fz["rep"], z, mask, enc_cache)
-        d, _, embeds = self.rep.patches(fz["rep"], r, mask)
+        r, enc_cache = self.rep.encode(frozen["representation"], z, mask, enc_cache)
+        d, _, embeds = self.rep.patches(frozen["representation"], r, mask)
         return embeds, d[:, -1], enc_cache
 
     @functools.partial(jax.jit, static_argnums=(0, 4, 5, 6))
-    def _patch_step(self, params, fz, carry, num_steps: int, method: str, guidance, temperature):
+    def _patch_step(
+        self, params, frozen, carry, num_steps: int, method: str, guidance, temperature
+    ):
         """Stop probability at the current state, then one sampled patch and the next state."""
         h, prev, llm_cache, enc_cache, key = carry
         key, k_noise = jax.random.split(key)
@@ -126,9 +129,11 @@ class Generator:
             temperature=temperature,
         )
         ones = jnp.ones((1, self.patch), jnp.float32)
-        r, enc_cache = self.rep.encode(fz["rep"], x, ones, enc_cache)
-        d, _, embeds = self.rep.patches(fz["rep"], r, ones)
-        out = self.llm.apply(fz["llm"], inputs_embeds=embeds, cache=llm_cache, return_logits=False)
+        r, enc_cache = self.rep.encode(frozen["representation"], x, ones, enc_cache)
+        d, _, embeds = self.rep.patches(frozen["representation"], r, ones)
+        out = self.llm.apply(
+            frozen["llm"], inputs_embeds=embeds, cache=llm_cache, return_logits=False
+        )
         carry = (out["hidden"][:, -1], d[:, -1], out["cache"], enc_cache, key)
         return carry, x[0], stop_prob[0]
 
@@ -137,8 +142,12 @@ class Generator:
         return self.ae.decode(ae_vars, z)
 
     # ---- the loop ----------------------------------------------------------------------
-    def frozen(self) -> dict:
-        return {"ae": self.ae.variables, "rep": self.rep.params, "llm": self.llm_params}
+    def frozen_weights(self) -> dict:
+        return {
+            "autoencoder": self.ae.variables,
+            "llm": self.llm_params,
+            "representation": self.rep.params,
+        }
 
     def prompt_latents(self, audio: np.ndarray, sample_rate: int) -> jax.Array:
         """Prompt audio -> (1, T, D) latents, T a whole number of patches."""
@@ -175,7 +184,7 @@ class Generator:
                 "(config.sampling.max_seconds)"
             )
         start = time.perf_counter()
-        fz = self.frozen()
+        frozen = self.frozen_weights()
         ids = (self.tokenizer.encode(" " + text.strip()) if text.strip() else []) + self.instruction
         prompt_ids = jnp.asarray(ids, jnp.int32)[None]
         embeds = self.llm.apply(self.llm_params, prompt_ids, method=LLM.embed)
@@ -191,7 +200,7 @@ class Generator:
             prompt_z = self.prompt_latents(
                 prompt_audio, prompt_sample_rate or self.config.sample_rate
             )
-            audio_embeds, prev, enc_cache = self._prompt_patches(fz, prompt_z, enc_cache)
+            audio_embeds, prev, enc_cache = self._prompt_patches(frozen, prompt_z, enc_cache)
             embeds = jnp.concatenate([embeds, audio_embeds.astype(embeds.dtype)], axis=1)
         pad = _round_up(embeds.shape[1], 16) - embeds.shape[1]
         mask = jnp.concatenate([jnp.zeros((1, pad)), jnp.ones((1, embeds.shape[1]))], axis=1)
@@ -203,7 +212,7 @@ class Generator:
         for _ in range(max_patches):
             condition = carry[:2]
             carry, x, stop_prob = self._patch_step(
-                params, fz, carry, num_steps, self.config.sampling.method, guidance, temperature
+                params, frozen, carry, num_steps, self.config.sampling.method, guidance, temperature
             )
             if patches and float(stop_prob) > 0.5:  # the state before this patch says: end
                 stopped = True
