@@ -7,7 +7,7 @@
     python benchmarks/memory_plan.py --config configs/flow_24k.py --devices 64 \
         [--ae_config configs/ae_24k.py --repr_config configs/repr_24k.py]
 
-State: the stage's trainer (`f3_jax.stages.create_trainer`) is built on a `jax.sharding.AbstractMesh`
+State: the stage's trainer (`f3_jax.stages.create_trainer`) is built on an AbstractMesh
 of the requested shape, which needs no devices. Stages 2 and 3 are built with abstract frozen
 weights (ShapeDtypeStructs: nothing is read but the LLM's header and tokenizer): an earlier
 stage whose export is missing is stood in for by its config (--ae_config, --repr_config; by

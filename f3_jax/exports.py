@@ -29,7 +29,8 @@ from absl import logging
 from etils import epath
 
 from f3_jax import checkpoint, storage
-from f3_jax.errors import ModelFileError, UserError
+from f3_jax.config import ConfigError
+from f3_jax.errors import ModelFileError
 
 EXPORT_DIR = "export"
 WEIGHTS, CONFIG = "weights.safetensors", "config.json"
@@ -40,7 +41,7 @@ LEGACY_STAGE1_LAYOUT = {"params": ["gen/ema", "gen/params"], "batch_stats": ["ge
 file_digest = storage.file_digest  # SHA-256 of an export's weights, local or remote
 
 
-class MissingExportError(UserError, FileNotFoundError):
+class MissingExportError(ConfigError, FileNotFoundError):
     """A workdir without an export where one is needed; the message names the field."""
 
 

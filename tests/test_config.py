@@ -11,7 +11,7 @@ from f3_jax import stages
 
 
 def _ae():
-    return config_lib.autoencoder_defaults()
+    return stages.defaults_for("autoencoder")
 
 
 def _fails(config, devices, match):
@@ -34,15 +34,15 @@ def test_defaults_and_shipped_configs_are_valid():
 
 
 def test_later_stages_name_their_missing_inputs():
-    c = config_lib.representation_defaults()
+    c = stages.defaults_for("representation")
     _fails(c, 1, r"config\.autoencoder\.workdir is empty")
-    c = config_lib.flow_defaults()
+    c = stages.defaults_for("flow")
     c.autoencoder.workdir = "runs/ae"
     _fails(c, 1, r"config\.representation\.workdir is empty")
     c.representation.workdir = "runs/repr"
     c.sampling.method = "rk4"
     _fails(c, 1, r"config\.sampling\.method='rk4'")
-    c = config_lib.representation_defaults()
+    c = stages.defaults_for("representation")
     c.autoencoder.workdir = "runs/ae"
     c.encoder.num_kv_heads = 5
     _fails(c, 1, r"config\.encoder\.num_heads=16 is not a multiple")
@@ -179,7 +179,7 @@ _BAD_NUMBERS = {
 
 
 def _valid(stage: str):
-    c = config_lib.defaults_for(stage)
+    c = stages.defaults_for(stage)
     if stage != "autoencoder":
         c.autoencoder.workdir = "runs/ae"
     if stage == "flow":
@@ -246,3 +246,25 @@ def test_cli_rejects_nan_learning_rate_before_compute(tmp_path):
     assert out.returncode != 0
     assert "config.optim.gen_lr=nan" in out.stderr
     assert not (tmp_path / "checkpoints").exists()
+
+
+@pytest.mark.parametrize("stage", ["autoencoder", "representation", "flow"])
+def test_every_field_has_its_meaning_where_its_default_is_set(stage):
+    from f3_jax import cli, config_docs
+
+    docs = config_docs.field_docs(stages.get(stage).doc_sources)
+    missing = [f for f in cli.all_fields(stages.defaults_for(stage)) if f not in docs]
+    assert not missing, f"fields without a comment in their defaults: {missing}"
+
+
+def test_print_config_shows_values_and_meanings():
+    out = subprocess.run(
+        [sys.executable, "-m", "f3_jax.train", "--config", "configs/repr_demo.py",
+         "--print_config", "--config.train.steps=7"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = out.stdout.splitlines()
+    i = lines.index("train.steps = 7")
+    assert lines[i + 1].strip() == "optimizer steps of the whole run"
+    assert "encoder.width = 192" in lines and "[quantizer]" in lines

@@ -425,14 +425,11 @@ def test_tokenizer_from_remote_export(fake_gcs, tmp_path, monkeypatch):
 
 def test_frozen_export_found_and_copied_on_remote_workdirs(fake_gcs, tmp_path):
     """A stage-2/3 run reads its frozen stage from gs:// and copies it into its own export."""
-
-    from f3_jax.config import ConfigError
-
     src = "gs://bucket/ae/export"
     files = _make_tree(src)
     assert exports.find("gs://bucket/ae", "autoencoder.workdir", "stage 1") == src
     assert exports.find(src, "autoencoder.workdir", "stage 1") == src  # an export itself
-    with pytest.raises(ConfigError, match="config.autoencoder.workdir='gs://bucket/none'"):
+    with pytest.raises(exports.MissingExportError, match="autoencoder.workdir='gs://bucket/none'"):
         exports.find("gs://bucket/none", "autoencoder.workdir", "stage 1")
 
     dest = "gs://bucket/repr/export/autoencoder"
