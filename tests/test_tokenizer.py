@@ -25,7 +25,9 @@ from ae_fixtures import tiny_ae_config
 
 from f3_jax import checkpoint, exports
 from f3_jax.data.audio_io import load_audio
-from f3_jax.inference.tokenizer import Tokenizer, plan_windows, ready_windows, window_lengths
+from f3_jax.inference.representer import Representer
+from f3_jax.inference.tokenizer import Tokenizer
+from f3_jax.inference.windows import plan_windows, ready_windows, window_lengths
 from f3_jax.models.autoencoder import Autoencoder
 from f3_jax.models.llm import stack_layer_params
 from f3_jax.models.representation import RepresentationEncoder
@@ -227,8 +229,7 @@ def repr_tokenizer(tok: Tokenizer, params: dict | None = None, **encoder) -> Tok
         z, mask = jnp.zeros((1, 8, 8)), jnp.ones((1, 8))
         params = nn.unbox(jax.jit(lambda: model.init(jax.random.key(3), z, mask))())["params"]
     rtok = copy.copy(tok)
-    rtok._init_representation(config, {"params": {"encoder": params}})
-    rtok.repr_chunk_frames = 16
+    rtok.representer = Representer(config, {"params": {"encoder": params}}, chunk_frames=16)
     return rtok
 
 
@@ -237,7 +238,7 @@ def test_causal_represent_in_chunks_equals_whole(tok, tmp_path):
     cache size, then a cache grown from 128 to 256 frames), and from a file."""
     rtok = repr_tokenizer(tok)
     wavs = [noise(LONG_FRAMES * HOP, 17), noise(30 * HOP + 5, 18)]
-    want = rtok._represent_whole(rtok.encode(wavs))
+    want = rtok.representer.whole(rtok.encode(wavs), rtok.frames_per_second)
     for got, ref in zip(rtok.represent(wavs), want):
         np.testing.assert_allclose(got, ref, atol=1e-5, rtol=0)
     src, dst = tmp_path / "in.wav", tmp_path / "r.npy"
@@ -245,7 +246,7 @@ def test_causal_represent_in_chunks_equals_whole(tok, tmp_path):
     assert rtok.represent_file(src, dst) == (LONG_FRAMES, 16)  # a cache of 192 frames
     np.testing.assert_allclose(np.load(dst), want[0], atol=1e-5, rtol=0)
     # The stacked layout (scan_layers) keeps one k and one v array for all layers.
-    stacked = stack_layer_params(rtok._repr_params, 2)
+    stacked = stack_layer_params(rtok.representer.params, 2)
     stok = repr_tokenizer(tok, stacked, scan_layers=True)
     got = list(stok.represent_stream(blocks(wavs[0], (1000, 3))))
     assert len(got) > 1

@@ -123,9 +123,9 @@ def test_incremental_generation_equals_recompute(setup, trained):
     r, _ = trainer.representation.encode(fz["representation"], z, fmask)
     d, _, embeds = trainer.representation.patches(fz["representation"], r, fmask)
     ids = gen.tokenizer.encode(" the cat") + gen.instruction
-    text = trainer.llm.apply(fz["llm"], jnp.asarray([ids]), method=LLM.embed)
+    text = trainer.llm.module.apply(fz["llm"], jnp.asarray([ids]), method=LLM.embed)
     seq = jnp.concatenate([text, embeds], axis=1)
-    hidden = trainer.llm.apply(fz["llm"], inputs_embeds=seq, return_logits=False)["hidden"]
+    hidden = trainer.llm.module.apply(fz["llm"], inputs_embeds=seq, return_logits=False)["hidden"]
     for t, (h, prev) in enumerate(out["conditions"]):
         np.testing.assert_allclose(h, hidden[0, len(ids) - 1 + t], atol=2e-4, err_msg=f"{t}")
         want_prev = np.zeros_like(prev) if t == 0 else d[0, t - 1]
