@@ -32,8 +32,12 @@ REMAT_POLICIES = ("none", "full", "dots_saveable")
 
 def data_defaults() -> ml_collections.ConfigDict:
     d = ml_collections.ConfigDict()
-    d.source = "array_record"  # "array_record" (prepare / demo_corpus output) or "tfds"
-    d.path = "data/demo_corpus"  # directory written by f3_jax.data.prepare or .demo_corpus
+    # "array_record" (prepare / demo_corpus output), "tfds" or "webdataset" (.tar shards read as
+    # they are); the names are the entries of f3_jax/data/registry.py.
+    d.source = "array_record"
+    # array_record: directory written by f3_jax.data.prepare or .demo_corpus. webdataset: .tar
+    # shards, local or gs:// (brace pattern, glob, comma list or folder; {split} is replaced).
+    d.path = "data/demo_corpus"
     d.build_demo_if_missing = False  # demo configs: build the demo corpus at data.path if absent
     d.demo_minutes = 30.0  # size of the demo corpus built on first use
     d.tfds_name = ""
@@ -49,6 +53,7 @@ def data_defaults() -> ml_collections.ConfigDict:
     d.num_workers = 0  # Grain worker processes (0: in-process)
     d.read_threads = 4
     d.prefetch_buffer = 2
+    d.shuffle_buffer = 8  # webdataset: samples each row of a global batch holds to shuffle
     # Train batches put on the devices ahead of their step (f3_jax/prefetch.py); 0: none.
     d.device_prefetch = 2
     d.eval_max_seconds = 8.0  # longer eval utterances are cut to this
@@ -406,8 +411,13 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
             f"config.data.eval_batch_size={config.data.eval_batch_size} does not divide over "
             f"the data axes (mesh.data * mesh.fsdp = {data_par * fsdp})"
         )
-    if config.data.source not in ("array_record", "tfds"):
-        raise ConfigError(f"config.data.source={config.data.source!r}: use array_record or tfds")
+    from f3_jax.data import registry as data_registry  # lazy: the data side is not a config import
+
+    if config.data.source not in data_registry.names():
+        raise ConfigError(
+            f"config.data.source={config.data.source!r}: use one of "
+            f"{', '.join(data_registry.names())}"
+        )
     if config.compute_dtype not in ("float32", "bfloat16"):
         raise ConfigError(f"config.compute_dtype={config.compute_dtype!r}: float32 or bfloat16")
     if config.data.crop_mode not in ("random", "utterance"):

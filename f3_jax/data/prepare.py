@@ -14,13 +14,12 @@ only with --overwrite.
 from __future__ import annotations
 
 import argparse
-import glob
 import math
 import os
 import sys
 
 from f3_jax import cli
-from f3_jax.data import records
+from f3_jax.data import files, records
 from f3_jax.data.audio_io import AUDIO_EXTENSIONS, load_audio
 from f3_jax.data.dataset_info import drop_split, read_info, update_info
 from f3_jax.data.errors import DataError
@@ -35,27 +34,38 @@ DEFAULT_MIN_SECONDS = 0.1
 
 
 def find_audio(pattern: str) -> tuple[list[str], str]:
-    """Sorted absolute audio paths under a directory or matching a glob, and their common root."""
-    if os.path.isdir(pattern):
-        root = os.path.abspath(pattern)
-        paths = [
-            os.path.join(d, f)
-            for d, _, files in os.walk(root)
-            for f in files
-            if f.lower().endswith(AUDIO_EXTENSIONS)
-        ]
+    """Sorted absolute audio paths (or URLs) under a directory or matching a glob, and their
+    common root. Local or on object storage (gs://...)."""
+    remote = files.is_remote(pattern)
+    if files.isdir(pattern):
+        root = pattern.rstrip("/") if remote else os.path.abspath(pattern)
+        paths = [p for p in files.walk(root) if p.lower().endswith(AUDIO_EXTENSIONS)]
     else:
-        paths = [
-            os.path.abspath(p) for p in glob.glob(pattern, recursive=True) if os.path.isfile(p)
-        ]
-        root = os.path.commonpath(paths) if paths else ""
-        root = os.path.dirname(root) if os.path.isfile(root) else root
+        paths = files.glob(pattern)
+        root = _common_dir(paths)
     if not paths:
         raise DataError(f"no audio files ({', '.join(AUDIO_EXTENSIONS)}) found at {pattern!r}")
     return sorted(paths), root
 
 
+def _common_dir(paths: list[str]) -> str:
+    """The deepest folder holding every path ('' for none)."""
+    if not paths:
+        return ""
+    if not files.is_remote(paths[0]):
+        root = os.path.commonpath(paths)
+        return os.path.dirname(root) if os.path.isfile(root) else root
+    dirs = [p.rsplit("/", 1)[0].split("/") for p in paths]
+    common = dirs[0]
+    for d in dirs[1:]:
+        n = next((i for i, (a, b) in enumerate(zip(common, d)) if a != b), min(len(common), len(d)))
+        common = common[:n]
+    return "/".join(common)
+
+
 def _uid(path: str, root: str) -> str:
+    if files.is_remote(path):
+        return os.path.splitext(path[len(root) :].lstrip("/"))[0]
     return os.path.splitext(os.path.relpath(path, root))[0].replace(os.sep, "/")
 
 
@@ -71,7 +81,7 @@ def make_jobs(
     layout = LayoutTranscripts()
     jobs = []
     for p in paths:
-        entry = entries.get(os.path.realpath(p)) or Entry(text=layout(p))
+        entry = entries.get(files.canonical(p)) or Entry(text=layout(p))
         uid = entry.uid or _uid(p, root)
         args = (p, uid, entry.text, dict(entry.labels), sample_rate, encoding, min_seconds)
         jobs.append(Job(p, args))
