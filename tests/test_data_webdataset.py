@@ -300,3 +300,27 @@ def test_truncated_shard_keeps_its_complete_samples(tmp_path):
                 found.append(s["__key__"])
     assert 0 < len(found) < 4
     assert tarfile.is_tarfile(tmp_path / "train-000.tar")
+
+
+# ---- the train CLI -------------------------------------------------------------------------
+
+
+def test_train_cli_from_tar_shards_and_resume(cli_setup, tmp_path):
+    """The tiny stage-1 config of the train CLI tests (shared compilation cache: these runs
+    compile what the CLI tests' reference run needs), its data swapped for tar shards."""
+    from tests import cli_runs
+
+    wds_dir = tmp_path / "wds"
+    write_shards(wds_dir / "train", "train", 2, 6, seconds=(0.2, 0.5))
+    write_shards(wds_dir / "valid", "valid", 1, 4, seed=1, seconds=(0.2, 0.5))
+    flags = ("--config.data.source=webdataset", f"--config.data.path={wds_dir}")
+    run = tmp_path / "run"
+    code, log = cli_runs.run_cli(cli_setup, run, *flags, "--config.train.steps=2", name="a")
+    assert code == 0, cli_runs.tail(log)
+    assert "step 2/2" in log and "validation at step 2" in log
+    assert cli_runs.checkpoint_steps(run) == [2]
+    state = json.loads((run / "checkpoints/2/data/process_0-of-1.json").read_text())
+    assert state["parent"]["kind"] == "webdataset_lanes" and len(state["parent"]["lanes"]) == 4
+    code, log = cli_runs.run_cli(cli_setup, run, *flags, "--config.train.steps=3", name="b")
+    assert code == 0, cli_runs.tail(log)
+    assert "resuming from" in log and "step 3/3" in log
