@@ -16,6 +16,7 @@ from f3_jax.config import data_defaults
 from f3_jax.data import DataError, eval_batches, train_dataset
 from f3_jax.data import tar_shards as ts
 from f3_jax.data.global_order import restore_position
+from f3_jax.data.sources import open_split
 from f3_jax.data.synthetic import tone
 from f3_jax.data.webdataset_source import parse_sample
 
@@ -324,3 +325,22 @@ def test_train_cli_from_tar_shards_and_resume(cli_setup, tmp_path):
     code, log = cli_runs.run_cli(cli_setup, run, *flags, "--config.train.steps=3", name="b")
     assert code == 0, cli_runs.tail(log)
     assert "resuming from" in log and "step 3/3" in log
+
+
+def test_benchmark_tars_hold_the_flac_records(tmp_path):
+    """benchmarks/data_pipeline.py times the webdataset source on tars it writes from the
+    FLAC records: they must hold the same clips."""
+    from benchmarks.data_pipeline import write_tars
+    from f3_jax.data.prepare import prepare
+    from f3_jax.data.synthetic import write_wav_dir
+
+    write_wav_dir(str(tmp_path / "wav"), 3, seconds=(0.3, 0.5))
+    prepare(str(tmp_path / "wav"), str(tmp_path / "flac"), workers=0)
+    pattern = write_tars(str(tmp_path / "flac"), str(tmp_path / "tars"))
+    cfg = _cfg(pattern)
+    src = open_split(cfg, "train", 24000)
+    got = {parse_sample(src.source[i]).uid: parse_sample(src.source[i]) for i in range(3)}
+    ref = open_split(_cfg(tmp_path / "flac", source="array_record"), "train", 24000)
+    for i in range(3):
+        u = ref.parse(ref.source[i])
+        np.testing.assert_array_equal(got[u.uid].read(), u.read())

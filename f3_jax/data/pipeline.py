@@ -1,6 +1,9 @@
 """The trainer's entry points: ensure_dataset, train_dataset and eval_batches.
 
-Training pipeline (grain), per process:
+`data.source` picks an entry of data/registry.py, which says how to check the data and how to
+make this process's training crops. WebDataset tar shards stream (data/webdataset_source.py);
+the random-access sources (array_record, tfds) and the latent cache go through this
+training pipeline (grain), per process:
 
     MapDataset.source(split)              random access over every record of the split
       .shuffle(seed).repeat(None)         a new order each epoch; the first epoch's order does
