@@ -4,7 +4,7 @@
         [--settings ae_24k repr_24k] [--sources pcm16 flac webdataset] [--beam_files 120]
         [--json OUT]
 
-Builds a synthetic corpus (chirps of 2-10 s at 16 kHz, resampled to 24 kHz by prepare) in a
+Builds a synthetic corpus (chirps of 2-20.5 s at 16 kHz, resampled to 24 kHz by prepare) in a
 temporary folder: ArrayRecord shards in both record formats (the local prepare engine, 2
 processes) and WebDataset tar shards of 24 kHz FLAC with transcripts. Then, for each source
 and each batch setting of the 24 kHz configs (ae_24k: 64 random 1 s crops; repr_24k and
@@ -138,7 +138,7 @@ def prepare_rates(wavs: str, tmp: str, beam_files: int) -> dict[str, float]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--clips", type=int, default=600)
+    ap.add_argument("--clips", type=int, default=400)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     ap.add_argument(
@@ -153,7 +153,7 @@ def main() -> None:
     results: dict = {"cores": cores, "clips": a.clips, "load_before": os.getloadavg()}
     with tempfile.TemporaryDirectory() as tmp:
         wavs = os.path.join(tmp, "wav")
-        write_wav_dir(wavs, a.clips, seconds=(2.0, 10.0), sample_rate=16000)
+        write_wav_dir(wavs, a.clips, seconds=(2.0, 20.5), sample_rate=16000)
         paths = {}
         for fmt in ("pcm16", "flac"):
             info = prepare(wavs, os.path.join(tmp, fmt), encoding=fmt, workers=2)

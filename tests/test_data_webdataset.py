@@ -126,6 +126,8 @@ def test_brace_expansion_and_shard_lists(tmp_path):
     assert ts.shard_paths(",".join(reversed(train)), "train", "train") == train[::-1]
     with pytest.raises(DataError, match=r"\{split\}"):
         ts.shard_paths(train[0], "valid", "train")
+    with pytest.raises(DataError, match="no folder test/"):
+        ts.shard_paths(str(tmp_path / "train"), "test", "train")
 
 
 def test_tar_reader_reads_webdataset_shards_from_any_sample(tmp_path):

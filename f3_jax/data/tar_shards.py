@@ -88,7 +88,11 @@ def shard_paths(path: str, split: str, train_split: str) -> list[str]:
         )
     pattern = path.replace("{split}", split)
     if files.isdir(pattern):
-        folder = files.join(pattern, split) if files.isdir(files.join(pattern, split)) else pattern
+        folder = files.join(pattern, split)
+        if not files.isdir(folder):
+            if split != train_split and "{split}" not in path:  # not the train shards again
+                raise DataError(f"data.path={path!r} has no folder {split}/ of .tar shards")
+            folder = pattern
         return [p for p in files.walk(folder) if p.endswith(".tar") and files.dirname(p) == folder]
     out: list[str] = []
     for item in _top_level_commas(pattern):
