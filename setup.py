@@ -56,8 +56,8 @@ setup(
             "apache-beam",
             "webdataset",
         ],
-        # prepare --engine beam. apache-beam 2.77 pins protobuf < 7 and pyarrow < 26: pip
-        # moves those two down (numpy and jax stay); nothing else of f3_jax minds.
+        # prepare --engine beam. apache-beam 2.77 pins protobuf < 7, pyarrow < 26, pillow < 13
+        # and numpy < 2.5: pip moves the first three down (jax 0.10.2 and numpy 2.4 stay).
         "beam": ["apache-beam"],
         # TFDS data sources of plain tensor features work without TensorFlow;
         # building TFDS catalog audio datasets (librispeech, ...) needs it.
