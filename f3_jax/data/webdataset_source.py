@@ -471,6 +471,13 @@ def train_elements(
             f"element index (start={start})"
         )
     paths = _paths(data_cfg, data_cfg.train_split)
+    if data_cfg.num_workers > 0:  # lanes keep their state in this process
+        logging.warning(
+            "data.num_workers=%d is not used by webdataset: crops decode in "
+            "data.read_threads=%d threads",
+            data_cfg.num_workers,
+            data_cfg.read_threads,
+        )
     global_batch = batch_size * process_count
     shuffle_seed, crop_seed = seeds(seed)
     where = f"webdataset {data_cfg.path} ({len(paths)} shards)"
