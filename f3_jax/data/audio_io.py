@@ -7,11 +7,16 @@ that tests can compare against `soxr.resample` directly.
 `audio_blocks` and `resample_blocks` read and resample a long file block by block, in memory
 that does not grow with its duration; soxr's streaming resampler gives the same samples as
 `soxr.resample` over the whole signal.
+
+`read_audio` and `load_audio` also take URLs (gs://...: the file is fetched whole through
+etils.epath) and `decode_audio` decodes bytes already in memory (a WebDataset tar member).
 """
 
 from __future__ import annotations
 
+import io
 import os
+import tempfile
 import warnings
 from collections.abc import Iterable, Iterator
 from typing import NamedTuple
@@ -20,23 +25,36 @@ import numpy as np
 import soundfile as sf
 import soxr
 
+from f3_jax.data import files
 from f3_jax.data.errors import AudioDecodeError
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3")
 
 
-def _read_any(path: str) -> tuple[np.ndarray, int]:
-    """Returns (frames, channels) float32 and the file's sample rate."""
+def _librosa_load(source: str | bytes, name: str) -> tuple[np.ndarray, int]:
+    import librosa  # lazy: its import takes seconds and most files never need it
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "PySoundFile failed", audioread deprecation
+        if isinstance(source, str):
+            return librosa.load(source, sr=None, mono=False)
+        # audioread's backends (ffmpeg, ...) read files only: bytes go through a temp file.
+        with tempfile.NamedTemporaryFile(suffix=os.path.splitext(name)[1]) as f:
+            f.write(source)
+            f.flush()
+            return librosa.load(f.name, sr=None, mono=False)
+
+
+def _read_any(source: str | bytes, name: str | None = None) -> tuple[np.ndarray, int]:
+    """Returns (frames, channels) float32 and the sample rate of a file (path) or its bytes."""
+    path = name or source
     try:
-        wav, sr = sf.read(path, dtype="float32", always_2d=True)
+        fileobj = io.BytesIO(source) if isinstance(source, bytes) else source
+        wav, sr = sf.read(fileobj, dtype="float32", always_2d=True)
         return wav, int(sr)
     except Exception as sf_error:  # libsndfile cannot open it: try librosa's backends
         try:
-            import librosa  # lazy: its import takes seconds and most files never need it
-
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # "PySoundFile failed", audioread deprecation
-                wav, sr = librosa.load(path, sr=None, mono=False)
+            wav, sr = _librosa_load(source, path)
         except Exception as lr_error:
             why = str(lr_error) or type(lr_error).__name__
             raise AudioDecodeError(
@@ -61,9 +79,27 @@ def read_audio(path: str | os.PathLike) -> tuple[np.ndarray, int]:
     or holds NaN/Inf, so that callers can skip it and say why.
     """
     path = os.fspath(path)
+    if files.is_remote(path):
+        try:
+            data = files.read_bytes(path)
+        except FileNotFoundError:
+            raise AudioDecodeError(f"no such file: {path}") from None
+        return decode_audio(data, path)
     if not os.path.isfile(path):  # said plainly, rather than by both backends
         raise AudioDecodeError(f"no such file: {path}")
-    wav, sr = _read_any(path)
+    return _checked_mono(*_read_any(path), path)
+
+
+def decode_audio(data: bytes, name: str) -> tuple[np.ndarray, int]:
+    """(float32 mono samples, sample rate) of an audio file's bytes; `name` (a path or a
+    WebDataset key with its extension) is for messages and the fallback decoder's format.
+    Errors as `read_audio`."""
+    if not data:
+        raise AudioDecodeError(f"empty file (0 bytes): {name}")
+    return _checked_mono(*_read_any(data, name), name)
+
+
+def _checked_mono(wav: np.ndarray, sr: int, path: str) -> tuple[np.ndarray, int]:
     if wav.size == 0:
         raise AudioDecodeError(f"empty audio (0 samples): {path}")
     mono = wav.mean(axis=1, dtype=np.float32) if wav.shape[1] > 1 else wav[:, 0]

@@ -9,14 +9,15 @@
 
 Shard paths are relative to the directory, so a prepared directory can be moved.
 The file is written last and atomically: its presence means every listed shard is complete.
+The directory may be local or a gs:// URL (data/files.py).
 """
 
 from __future__ import annotations
 
 import json
-import os
 from typing import Any
 
+from f3_jax.data import files
 from f3_jax.data.errors import DataError
 
 INFO_NAME = "dataset_info.json"
@@ -25,20 +26,16 @@ FORMAT = "f3_jax.audio_records"
 
 def read_info(root: str) -> dict[str, Any] | None:
     """The parsed dataset_info.json of `root`, or None if there is none (or it is unreadable)."""
-    path = os.path.join(root, INFO_NAME)
     try:
-        with open(path, encoding="utf-8") as f:
-            info = json.load(f)
+        info = json.loads(files.read_text(files.join(root, INFO_NAME)))
     except (OSError, ValueError):
         return None
     return info if isinstance(info, dict) and info.get("format") == FORMAT else None
 
 
 def write_json_atomic(path: str, obj: Any) -> None:
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=1, ensure_ascii=False)
-    os.replace(tmp, path)
+    """Readers see the old file or the new one, never half of one (local or remote)."""
+    files.write_bytes(path, json.dumps(obj, indent=1, ensure_ascii=False).encode("utf-8"))
 
 
 def update_info(
@@ -60,7 +57,7 @@ def update_info(
     info.setdefault("splits", {}).update(summaries)
     _totals(info, encoding)
     info.update(extra or {})
-    write_json_atomic(os.path.join(root, INFO_NAME), info)
+    write_json_atomic(files.join(root, INFO_NAME), info)
     return info
 
 
@@ -79,4 +76,4 @@ def drop_split(root: str, split: str) -> None:
         return
     del info["splits"][split]
     _totals(info, info.get("encoding", ""))
-    write_json_atomic(os.path.join(root, INFO_NAME), info)
+    write_json_atomic(files.join(root, INFO_NAME), info)

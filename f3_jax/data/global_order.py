@@ -14,6 +14,10 @@ restores its own state exactly. Restarted with another count, `resume_start` fin
 the last global batch any old process had started, and every new process begins its slices
 there: without bad records (a process that drops one reads ahead into the next global batch)
 that is exactly the next step's batch, so nothing is seen twice or skipped.
+
+Streaming sources (WebDataset tar shards) have no global element index: their states hold
+each row's own stream ("lanes", data/webdataset_source.py), and a job of another process count
+gets its rows' lanes from the old processes' states instead of a start.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from typing import Any
 import grain
 
 from f3_jax.data.errors import DataError
+from f3_jax.data.lanes import LANES_KIND, reassign_lanes
 
 
 class ProcessSlice(grain.MapDataset):
@@ -126,10 +131,19 @@ def restore_position(
     if saved == process_count and same_batch:
         state = states[process_index]
         return int(state.get("start", 0)), state, int(state.get("num_skipped", 0))
+    skipped = sum(int(s.get("num_skipped", 0)) for s in states) if process_index == 0 else 0
+    if _lane_states(states):
+        state = reassign_lanes(states, process_index, process_count, global_batch_size)
+        return 0, state | {"num_skipped": skipped}, skipped
     if any("consumed" not in s for s in states):
         raise DataError(
             f"{directory} was written by {saved} processes before elastic data states "
             f"existed: resume it with {saved} processes and the same batch size"
         )
-    skipped = sum(int(s.get("num_skipped", 0)) for s in states) if process_index == 0 else 0
     return resume_start(states), None, skipped
+
+
+def _lane_states(states: Sequence[dict[str, Any]]) -> bool:
+    return all(
+        isinstance(s.get("parent"), dict) and s["parent"].get("kind") == LANES_KIND for s in states
+    )

@@ -1,6 +1,9 @@
 """The trainer's entry points: ensure_dataset, train_dataset and eval_batches.
 
-Training pipeline (grain), per process:
+`data.source` picks an entry of data/registry.py, which says how to check the data and how to
+make this process's training crops. WebDataset tar shards stream (data/webdataset_source.py);
+the random-access sources (array_record, tfds) and the latent cache go through this
+training pipeline (grain), per process:
 
     MapDataset.source(split)              random access over every record of the split
       .shuffle(seed).repeat(None)         a new order each epoch; the first epoch's order does
@@ -36,16 +39,18 @@ import grain
 import numpy as np
 from absl import flags, logging
 
+from f3_jax.data import registry
 from f3_jax.data.batching import SkipCountingBatch
 from f3_jax.data.crops import RandomCrop
 from f3_jax.data.dataset_info import read_info
+from f3_jax.data.elements import TrainElements, seeds
 from f3_jax.data.errors import DataError
 from f3_jax.data.evaluation import eval_batches
 from f3_jax.data.global_order import ProcessSlice
 from f3_jax.data.latent_records import LatentCache, LatentCrop, split_shards
 from f3_jax.data.sources import SplitSource, open_split
 
-__all__ = ["ensure_dataset", "train_dataset", "eval_batches"]
+__all__ = ["ensure_dataset", "train_dataset", "eval_batches", "TrainElements"]
 
 DEMO_TFDS_NAME = "f3_demo_corpus"
 
@@ -85,40 +90,40 @@ def ensure_dataset(data_cfg, sample_rate: int) -> None:
     Call it once per host before the pipelines (on a shared filesystem, from one process).
     Raises DataError naming the path when the data is missing and is not to be built.
     """
-    if data_cfg.source == "array_record":
-        if read_info(data_cfg.path) is not None:
-            return
-        if data_cfg.build_demo_if_missing:
+    registry.get(data_cfg.source).function("ensure")(data_cfg, sample_rate)
+
+
+def ensure_records(data_cfg, sample_rate: int) -> None:
+    """data.source="array_record": dataset_info.json at data.path, or the demo corpus built."""
+    if read_info(data_cfg.path) is not None:
+        return
+    if data_cfg.build_demo_if_missing:
+        _build_demo(data_cfg, sample_rate)
+        return
+    state = _describe_missing(data_cfg.path)
+    raise DataError(
+        f"data.path={data_cfg.path!r} {state}: write it with "
+        "`python -m f3_jax.data.prepare` or `python -m f3_jax.data.demo_corpus`"
+    )
+
+
+def ensure_tfds(data_cfg, sample_rate: int) -> None:
+    """data.source="tfds": a non-empty data.tfds_data_dir, or the demo corpus converted."""
+    if _nonempty_dir(data_cfg.tfds_data_dir):
+        return
+    if data_cfg.build_demo_if_missing and data_cfg.tfds_name == DEMO_TFDS_NAME:
+        if read_info(data_cfg.path) is None:
             _build_demo(data_cfg, sample_rate)
-            return
-        state = _describe_missing(data_cfg.path)
-        raise DataError(
-            f"data.path={data_cfg.path!r} {state}: write it with "
-            "`python -m f3_jax.data.prepare` or `python -m f3_jax.data.demo_corpus`"
+        from f3_jax.data.tfds_demo import build_tfds_demo
+
+        logging.warning(
+            "data.tfds_data_dir=%s is empty: converting the demo corpus at %s to TFDS",
+            data_cfg.tfds_data_dir,
+            data_cfg.path,
         )
-    if data_cfg.source == "tfds":
-        if _nonempty_dir(data_cfg.tfds_data_dir):
-            return
-        if data_cfg.build_demo_if_missing and data_cfg.tfds_name == DEMO_TFDS_NAME:
-            if read_info(data_cfg.path) is None:
-                _build_demo(data_cfg, sample_rate)
-            from f3_jax.data.tfds_demo import build_tfds_demo
-
-            logging.warning(
-                "data.tfds_data_dir=%s is empty: converting the demo corpus at %s to TFDS",
-                data_cfg.tfds_data_dir,
-                data_cfg.path,
-            )
-            build_tfds_demo(data_cfg.path, data_cfg.tfds_data_dir)
-            return
-        raise DataError(f"data.tfds_data_dir={data_cfg.tfds_data_dir!r} is missing or empty")
-    raise DataError(f"data.source={data_cfg.source!r}: use 'array_record' or 'tfds'")
-
-
-def _seeds(seed: int) -> tuple[int, int]:
-    """Independent 32-bit seeds for the shuffle and the crops."""
-    a, b = np.random.SeedSequence(seed).generate_state(2)
-    return int(a), int(b)
+        build_tfds_demo(data_cfg.path, data_cfg.tfds_data_dir)
+        return
+    raise DataError(f"data.tfds_data_dir={data_cfg.tfds_data_dir!r} is missing or empty")
 
 
 def _check_crop(split: SplitSource, crop_seconds: float) -> None:
@@ -152,19 +157,69 @@ def train_dataset(
     """
     if not 0 <= process_index < process_count:
         raise DataError(f"process_index={process_index} not in [0, {process_count})")
+    order = dict(
+        batch_size=batch_size,
+        seed=seed,
+        process_index=process_index,
+        process_count=process_count,
+        num_epochs=num_epochs,
+        start=start,
+    )
     if latent_cache is not None:
         source, where, crop = _latent_source(data_cfg, latent_cache, sample_rate)
+        elements = _random_access(data_cfg, source, where, crop, **order)
     else:
-        source, where, crop = _audio_source(data_cfg, sample_rate)
+        train = registry.get(data_cfg.source).function("train_elements")
+        elements = train(data_cfg, sample_rate=sample_rate, **order)
+    position = {
+        "start": start,
+        "global_batch_size": batch_size * process_count,
+        "num_skipped": num_skipped,
+    }
+    batches = SkipCountingBatch(
+        elements.dataset, batch_size, give_up_after=elements.give_up_after, position=position
+    )
+    return batches.map(_rename_latents) if latent_cache is not None else batches
+
+
+def random_access_elements(data_cfg, *, sample_rate: int, **order) -> TrainElements:
+    """Sources with random access (array_record, tfds): crops of data.train_split."""
+    split = open_split(data_cfg, data_cfg.train_split, sample_rate)
+    _check_crop(split, data_cfg.crop_seconds)
+    crop_len = round(data_cfg.crop_seconds * sample_rate)
+    crop = RandomCrop(
+        split.parse,
+        sample_rate,
+        crop_len,
+        min_len=int(np.ceil(data_cfg.min_crop_fraction * crop_len)),
+        gain_db=tuple(float(g) for g in data_cfg.gain_db),
+        from_start=data_cfg.get("crop_mode", "random") == "utterance",
+    )
+    return _random_access(data_cfg, split.source, split.where, crop, **order)
+
+
+def _random_access(
+    data_cfg,
+    source,
+    where: str,
+    crop,
+    *,
+    batch_size: int,
+    seed: int,
+    process_index: int,
+    process_count: int,
+    num_epochs: int | None,
+    start: int,
+) -> TrainElements:
+    """shuffle, repeat, crop by global index, this process's rows, read threads/workers."""
     if len(source) == 0:
         raise DataError(f"{where} has no records")
-    shuffle_seed, crop_seed = _seeds(seed)
+    shuffle_seed, crop_seed = seeds(seed)
     ds = grain.MapDataset.source(source).shuffle(seed=shuffle_seed).repeat(num_epochs)
     ds = ds.random_map(crop, seed=crop_seed)
-    global_batch = batch_size * process_count
     ds = ProcessSlice(
         ds,
-        global_batch_size=global_batch,
+        global_batch_size=batch_size * process_count,
         process_index=process_index,
         process_count=process_count,
         start=start,
@@ -181,27 +236,7 @@ def train_dataset(
             ),
             worker_init_fn=_mark_flags_parsed,
         )
-    position = {"start": start, "global_batch_size": global_batch, "num_skipped": num_skipped}
-    batches = SkipCountingBatch(
-        ds, batch_size, give_up_after=max(1000, 2 * len(source)), position=position
-    )
-    return batches.map(_rename_latents) if latent_cache is not None else batches
-
-
-def _audio_source(data_cfg, sample_rate: int):
-    """(source, description, crop) of the audio records of data.train_split."""
-    split = open_split(data_cfg, data_cfg.train_split, sample_rate)
-    _check_crop(split, data_cfg.crop_seconds)
-    crop_len = round(data_cfg.crop_seconds * sample_rate)
-    crop = RandomCrop(
-        split.parse,
-        sample_rate,
-        crop_len,
-        min_len=int(np.ceil(data_cfg.min_crop_fraction * crop_len)),
-        gain_db=tuple(float(g) for g in data_cfg.gain_db),
-        from_start=data_cfg.get("crop_mode", "random") == "utterance",
-    )
-    return split.source, split.where, crop
+    return TrainElements(ds, where, max(1000, 2 * len(source)))
 
 
 def _latent_source(data_cfg, cache: LatentCache, sample_rate: int):

@@ -3,110 +3,45 @@
     python -m f3_jax.data.prepare --input DIR_OR_GLOB --output DIR [--split train]
         [--manifest FILE] [--sample_rate 24000] [--num_shards N] [--format flac|pcm16]
         [--workers N] [--min_seconds 0.1] [--overwrite]
+        [--engine local|beam] [--runner DirectRunner|DataflowRunner|...] [Beam options]
 
 Every file is decoded (soundfile, librosa fallback), mixed to mono and resampled with soxr.
 A file that cannot be decoded, is empty, holds NaN/Inf or is shorter than --min_seconds is
 skipped and listed with its reason in dataset_info.json. Rerunning after an interruption
 completes only the missing shards; a split that dataset_info.json lists as complete is replaced
-only with --overwrite.
+only with --overwrite. Input, manifest and output may be local or gs:// URLs.
+
+--engine local (the default) decodes in a pool of --workers processes on this machine;
+--engine beam runs the same per-file code as an Apache Beam pipeline (data/beam_prepare.py)
+on --runner, with any further flags passed to Beam as pipeline options.
 """
 
 from __future__ import annotations
 
 import argparse
-import glob
 import math
-import os
 import sys
 
 from f3_jax import cli
-from f3_jax.data import records
-from f3_jax.data.audio_io import AUDIO_EXTENSIONS, load_audio
+from f3_jax.data import files, records
 from f3_jax.data.dataset_info import drop_split, read_info, update_info
 from f3_jax.data.errors import DataError
-from f3_jax.data.shards import Job, Result, foreign_files, worker_pool, write_split
-from f3_jax.data.transcripts import Entry, LayoutTranscripts, read_manifest
+from f3_jax.data.file_jobs import DEFAULT_MIN_SECONDS, find_audio, make_jobs, prepare_one
+from f3_jax.data.shards import foreign_files, worker_pool, write_split
 
 FILES_PER_SHARD = 1024  # for --num_shards 0 (auto)
-# Shorter clips are skipped. 0.1 s is 5 latent frames of the 24 kHz configs (hop 480 = 0.02 s),
-# more than one stage-3 patch of 4 frames; a shorter clip holds no word to transcribe. (Eval
-# still skips, and counts, clips its metrics cannot score: PESQ needs about a quarter second.)
-DEFAULT_MIN_SECONDS = 0.1
-
-
-def find_audio(pattern: str) -> tuple[list[str], str]:
-    """Sorted absolute audio paths under a directory or matching a glob, and their common root."""
-    if os.path.isdir(pattern):
-        root = os.path.abspath(pattern)
-        paths = [
-            os.path.join(d, f)
-            for d, _, files in os.walk(root)
-            for f in files
-            if f.lower().endswith(AUDIO_EXTENSIONS)
-        ]
-    else:
-        paths = [
-            os.path.abspath(p) for p in glob.glob(pattern, recursive=True) if os.path.isfile(p)
-        ]
-        root = os.path.commonpath(paths) if paths else ""
-        root = os.path.dirname(root) if os.path.isfile(root) else root
-    if not paths:
-        raise DataError(f"no audio files ({', '.join(AUDIO_EXTENSIONS)}) found at {pattern!r}")
-    return sorted(paths), root
-
-
-def _uid(path: str, root: str) -> str:
-    return os.path.splitext(os.path.relpath(path, root))[0].replace(os.sep, "/")
-
-
-def make_jobs(
-    paths: list[str],
-    root: str,
-    manifest: str | None,
-    sample_rate: int,
-    encoding: str,
-    min_seconds: float = DEFAULT_MIN_SECONDS,
-) -> list[Job]:
-    entries = read_manifest(manifest) if manifest else {}
-    layout = LayoutTranscripts()
-    jobs = []
-    for p in paths:
-        entry = entries.get(os.path.realpath(p)) or Entry(text=layout(p))
-        uid = entry.uid or _uid(p, root)
-        args = (p, uid, entry.text, dict(entry.labels), sample_rate, encoding, min_seconds)
-        jobs.append(Job(p, args))
-    return jobs
-
-
-def prepare_one(job: Job) -> Result:
-    """Worker: one file -> record bytes, or the reason it is skipped. Never raises."""
-    path, uid, text, labels, sample_rate, encoding, min_seconds = job.args
-    try:
-        wav = load_audio(path, sample_rate)
-        # At least one sample even with --min_seconds 0: resampling can leave none.
-        if wav.shape[0] < max(1, round(min_seconds * sample_rate)):
-            return Result(
-                None,
-                reason=f"too short: {wav.shape[0]} samples ({wav.shape[0] / sample_rate:.4f} s) "
-                f"at {sample_rate} Hz, under min_seconds={min_seconds:g}",
-            )
-        rec = records.encode(
-            wav, sample_rate=sample_rate, uid=uid, text=text, labels=labels, encoding=encoding
-        )
-    except Exception as e:  # any failure of one file must not stop the others
-        return Result(None, reason=f"{type(e).__name__}: {e}")
-    return Result(rec, seconds=wav.shape[0] / sample_rate, label_names=tuple(labels))
+ENGINES = ("local", "beam")
 
 
 def check_output(output: str, split: str, overwrite: bool) -> None:
     """DataError unless `output` can take `split`: it must be a directory (or not exist yet),
     and a split listed as complete in its dataset_info.json, or a split directory holding
     files the writer did not make, is replaced only with overwrite."""
-    if os.path.exists(output) and not os.path.isdir(output):
+    if files.isfile(output):
         raise DataError(f"--output {output} is a file, not a directory")
     if overwrite:
         return
-    split_dir = os.path.join(output, split)
+    split_dir = files.join(output, split)
     info = read_info(output)
     if info and split in info.get("splits", {}):
         raise DataError(
@@ -132,16 +67,38 @@ def prepare(
     workers: int = 2,
     min_seconds: float = DEFAULT_MIN_SECONDS,
     overwrite: bool = False,
+    engine: str = "local",
+    pipeline_args: tuple[str, ...] = (),
 ) -> dict:
     """Library entry point of the CLI; returns the updated dataset_info."""
+    return prepare_split(**locals())[0]
+
+
+def prepare_split(
+    input_pattern: str,
+    output: str,
+    *,
+    split: str,
+    manifest: str | None,
+    sample_rate: int,
+    num_shards: int,
+    encoding: str,
+    workers: int,
+    min_seconds: float,
+    overwrite: bool,
+    engine: str,
+    pipeline_args: tuple[str, ...],
+) -> tuple[dict, dict[str, int]]:
+    """`prepare`, and the Beam engine's counters ({} for the local engine)."""
     if sample_rate <= 0:
         raise DataError(f"sample_rate={sample_rate} must be a positive rate in Hz")
     if not min_seconds >= 0:  # also catches nan
         raise DataError(f"min_seconds={min_seconds} must be >= 0")
+    if engine not in ENGINES:
+        raise DataError(f"engine={engine!r}: use one of {', '.join(ENGINES)}")
     check_output(output, split, overwrite)
     paths, root = find_audio(input_pattern)
     jobs = make_jobs(paths, root, manifest, sample_rate, encoding, min_seconds)
-    num_shards = num_shards or math.ceil(len(jobs) / FILES_PER_SHARD)
     settings = {
         "sample_rate": sample_rate,
         "encoding": encoding,
@@ -149,9 +106,34 @@ def prepare(
         "min_seconds": min_seconds,
     }
     try:
-        os.makedirs(output, exist_ok=True)
+        files.makedirs(output)
     except OSError as e:  # a file on the way (out.txt/dir), no permission, ...
         raise DataError(f"cannot create --output {output}: {e}") from e
+    if engine == "beam":
+        return _run_beam(jobs, output, split, num_shards, settings, pipeline_args)
+    return _run_local(jobs, output, split, num_shards, settings, workers), {}
+
+
+def _run_beam(jobs, output, split, num_shards, settings, pipeline_args) -> tuple[dict, dict]:
+    from f3_jax.data import beam_prepare  # lazy: apache-beam is an optional extra
+
+    counts = beam_prepare.run(
+        jobs,
+        output,
+        split=split,
+        num_shards=num_shards,
+        settings=settings,
+        files_per_shard=FILES_PER_SHARD,
+        pipeline_args=list(pipeline_args),
+    )
+    info = read_info(output)
+    if info is None or split not in info.get("splits", {}):
+        raise RuntimeError(f"the Beam pipeline ended without listing {split} in {output}")
+    return info, counts
+
+
+def _run_local(jobs, output, split, num_shards, settings, workers) -> dict:
+    num_shards = num_shards or math.ceil(len(jobs) / FILES_PER_SHARD)
     drop_split(output, split)  # listed again once every shard is complete
     with worker_pool(min(workers, len(jobs))) as map_fn:
         summary = write_split(
@@ -164,7 +146,8 @@ def prepare(
             settings=settings,
             desc=f"prepare {split}",
         )
-    return update_info(output, {split: summary}, sample_rate=sample_rate, encoding=encoding)
+    rate, encoding = settings["sample_rate"], settings["encoding"]
+    return update_info(output, {split: summary}, sample_rate=rate, encoding=encoding)
 
 
 def _bad_flag(a: argparse.Namespace) -> str:
@@ -178,8 +161,15 @@ def _bad_flag(a: argparse.Namespace) -> str:
     return ""
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def _bad_extra(a: argparse.Namespace, extra: list[str]) -> str:
+    """Flags argparse did not know: Beam's pipeline options, or a mistake."""
+    if not extra or a.engine == "beam":
+        return ""
+    return f"unrecognized arguments: {' '.join(extra)} (Beam pipeline options need --engine beam)"
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     ap.add_argument("--input", required=True, help="directory (searched recursively) or glob")
     ap.add_argument("--output", required=True, help="output directory")
     ap.add_argument("--split", default="train", help="split name (train, valid, test, ...)")
@@ -200,13 +190,30 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="replace a split the output already holds (without it: an error, exit 2)",
     )
-    a = ap.parse_args(argv)
-    bad = _bad_flag(a)
+    ap.add_argument(
+        "--engine",
+        choices=ENGINES,
+        default="local",
+        help="local: a process pool here; beam: an Apache Beam pipeline (pip install .[beam])",
+    )
+    ap.add_argument(
+        "--runner",
+        default="DirectRunner",
+        help="--engine beam: DirectRunner, DataflowRunner, FlinkRunner, SparkRunner, ... "
+        "(other unknown flags are Beam pipeline options: --project, --region, ...)",
+    )
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = _parser()
+    a, beam_args = ap.parse_known_args(argv)
+    bad = _bad_flag(a) or _bad_extra(a, beam_args)
     if bad:
         print(f"error: {bad}", file=sys.stderr)
         return 2
     try:
-        info = prepare(
+        info, counts = prepare_split(
             a.input,
             a.output,
             split=a.split,
@@ -217,10 +224,14 @@ def main(argv: list[str] | None = None) -> int:
             workers=a.workers,
             min_seconds=a.min_seconds,
             overwrite=a.overwrite,
+            engine=a.engine,
+            pipeline_args=(f"--runner={a.runner}", *beam_args),
         )
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if counts:
+        print("beam: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
     s = info["splits"][a.split]
     print(
         f"{a.output}: split {a.split}: {s['num_examples']} utterances, {s['hours']:.3f} h, "

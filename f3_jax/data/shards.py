@@ -1,10 +1,12 @@
-"""The one ArrayRecord writer behind `prepare` and `demo_corpus`: parallel, resumable.
+"""The one ArrayRecord writer behind `prepare` (both engines) and `demo_corpus`: resumable.
 
-A split's items are cut into contiguous shards. Workers (a process pool) turn items into record
-bytes; the main process writes each shard to a temporary name and renames it when complete, then
-writes a small sidecar `<shard>.json` (counts, durations, skipped items, and a digest of the
-shard's inputs and settings). A rerun skips every shard whose sidecar matches and redoes the rest,
-so an interrupted run finishes without redoing complete shards.
+A split's items are cut into contiguous shards. Workers (a process pool, or Beam workers one
+shard each: data/beam_prepare.py) turn items into record bytes; each shard is written to a
+local temporary file and published when complete (a rename on a local disk, one upload on
+object storage: data/files.py), then a small sidecar `<shard>.json` (counts, durations,
+skipped items, and a digest of the shard's inputs and settings) is written. A rerun skips every
+shard whose sidecar matches and redoes the rest, so an interrupted run finishes without redoing
+complete shards. The root may be local or a gs:// URL.
 """
 
 from __future__ import annotations
@@ -16,12 +18,14 @@ import json
 import multiprocessing
 import os
 import re
+import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from array_record.python import array_record_module
 from tqdm import tqdm
 
+from f3_jax.data import files
 from f3_jax.data.dataset_info import write_json_atomic
 
 # One record per chunk: random access reads one record without decompressing its neighbours.
@@ -55,13 +59,10 @@ def foreign_files(root: str, split: str) -> list[str]:
     """Files in root/<split>/ that this writer did not make (shards of any count, their
     sidecars and temporary files), sorted. write_split deletes whatever it does not keep, so
     a caller must not let it loose on a directory holding anything else."""
-    split_dir = os.path.join(root, split)
-    if not os.path.isdir(split_dir):
-        return []
     ours = re.compile(
-        rf"{re.escape(split)}-\d{{5}}-of-\d{{5}}\.array_record(\.json)?(\.tmp(\.\d+)?)?"
+        rf"{re.escape(split)}-\d{{5}}-of-\d{{5}}\.array_record(\.json)?(\.tmp([.-]\w+)?)?"
     )
-    return sorted(f for f in os.listdir(split_dir) if not ours.fullmatch(f))
+    return [f for f in files.listdir(files.join(root, split)) if not ours.fullmatch(f)]
 
 
 def _split_jobs(jobs: Sequence[Job], num_shards: int) -> list[list[Job]]:
@@ -74,24 +75,24 @@ def _digest(jobs: Sequence[Job], settings: dict) -> str:
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 
-def _complete_sidecar(root: str, name: str, digest: str) -> dict | None:
+def complete_sidecar(root: str, name: str, digest: str) -> dict | None:
+    """The sidecar of shard `name` when the shard is complete for inputs of `digest`."""
     try:
-        with open(os.path.join(root, name + ".json"), encoding="utf-8") as f:
-            side = json.load(f)
+        side = json.loads(files.read_text(files.join(root, name + ".json")))
     except (OSError, ValueError):
         return None
-    if side.get("digest") != digest or not os.path.exists(os.path.join(root, name)):
+    if side.get("digest") != digest or not files.isfile(files.join(root, name)):
         return None
     return side
 
 
-def _remove_stale(root: str, split: str, keep: set[str]) -> None:
+def remove_stale(root: str, split: str, keep: set[str]) -> None:
     """Deletes shards of an earlier run with another shard count (and leftover temp files)."""
-    split_dir = os.path.join(root, split)
-    for fname in os.listdir(split_dir):
+    split_dir = files.join(root, split)
+    for fname in files.listdir(split_dir):
         rel = f"{split}/{fname}"
         if rel not in keep and rel.removesuffix(".json") not in keep:
-            os.remove(os.path.join(split_dir, fname))
+            files.remove(files.join(split_dir, fname))
 
 
 MapFn = Callable[[Callable[[Job], Result], Sequence[Job]], Iterator[Result]]
@@ -114,8 +115,28 @@ def worker_pool(workers: int, initializer: Callable | None = None) -> Iterator[M
         yield lambda fn, jobs: pool.imap(fn, jobs, chunksize=1)
 
 
-def _write_shard(root: str, name: str, results, n: int, pbar) -> dict:
-    tmp = os.path.join(root, name + ".tmp")
+def _local_tmp(root: str, name: str) -> str:
+    """Where a shard is written before it is published: beside it on a local disk (the final
+    rename stays on one filesystem), in the local temp directory for object storage."""
+    if not files.is_remote(root):
+        return os.path.join(root, name + ".tmp")
+    fd, tmp = tempfile.mkstemp(suffix=".array_record")
+    os.close(fd)
+    return tmp
+
+
+def write_shard(root: str, name: str, results, n: int, pbar=None) -> dict:
+    """Writes the records of n (job, result) pairs of `results` as shard `name` and publishes
+    it; returns its sidecar without the digest. Skipped results are listed with their reason."""
+    tmp = _local_tmp(root, name)
+    try:
+        return _fill_shard(tmp, root, name, results, n, pbar)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _fill_shard(tmp: str, root: str, name: str, results, n: int, pbar) -> dict:
     writer = array_record_module.ArrayRecordWriter(tmp, WRITER_OPTIONS)
     side: dict[str, Any] = {
         "num_examples": 0,
@@ -128,7 +149,8 @@ def _write_shard(root: str, name: str, results, n: int, pbar) -> dict:
     labels: set[str] = set()
     for _ in range(n):
         job, res = next(results)
-        pbar.update(1)
+        if pbar is not None:
+            pbar.update(1)
         if res.record is None:
             side["skipped"].append({"path": job.key, "reason": res.reason})
             continue
@@ -139,9 +161,19 @@ def _write_shard(root: str, name: str, results, n: int, pbar) -> dict:
         side["min_seconds"] = min(side["min_seconds"] or res.seconds, res.seconds)
         labels.update(res.label_names)
     writer.close()
-    os.replace(tmp, os.path.join(root, name))
+    if files.is_remote(root):
+        files.publish(tmp, files.join(root, name))
+    else:
+        os.replace(tmp, os.path.join(root, name))
     side["label_names"] = sorted(labels)
     return side
+
+
+def plan_split(split: str, jobs: Sequence[Job], num_shards: int, settings: dict):
+    """(shard names, job groups, digests) of a split: the layout both prepare engines share."""
+    num_shards = max(1, min(num_shards, len(jobs)))
+    groups = _split_jobs(jobs, num_shards)
+    return shard_names(split, num_shards), groups, [_digest(g, settings) for g in groups]
 
 
 def write_split(
@@ -156,27 +188,24 @@ def write_split(
     desc: str,
 ) -> dict:
     """Writes (or completes) root/<split>/ shards; returns the split summary for dataset_info."""
-    num_shards = max(1, min(num_shards, len(jobs)))
-    os.makedirs(os.path.join(root, split), exist_ok=True)
-    names = shard_names(split, num_shards)
-    groups = _split_jobs(jobs, num_shards)
-    digests = [_digest(g, settings) for g in groups]
-    sides = [_complete_sidecar(root, nm, d) for nm, d in zip(names, digests)]
-    _remove_stale(root, split, set(names))
+    files.makedirs(files.join(root, split))
+    names, groups, digests = plan_split(split, jobs, num_shards, settings)
+    sides = [complete_sidecar(root, nm, d) for nm, d in zip(names, digests)]
+    remove_stale(root, split, set(names))
     todo = [i for i, s in enumerate(sides) if s is None]
     todo_jobs = [j for i in todo for j in groups[i]]
     done = len(jobs) - len(todo_jobs)
     with tqdm(total=len(jobs), initial=done, desc=desc, unit="file", smoothing=0.1) as pbar:
         stream = zip(todo_jobs, map_fn(fn, todo_jobs))
         for i in todo:
-            side = _write_shard(root, names[i], stream, len(groups[i]), pbar)
+            side = write_shard(root, names[i], stream, len(groups[i]), pbar)
             side["digest"] = digests[i]
-            write_json_atomic(os.path.join(root, names[i] + ".json"), side)
+            write_json_atomic(files.join(root, names[i] + ".json"), side)
             sides[i] = side
-    return _summary(names, sides, settings)
+    return summary(names, sides, settings)
 
 
-def _summary(names: list[str], sides: list[dict], settings: dict) -> dict:
+def summary(names: list[str], sides: list[dict], settings: dict) -> dict:
     seconds = sum(s["seconds"] for s in sides)
     mins = [s["min_seconds"] for s in sides if s["min_seconds"] is not None]
     skipped = [k for s in sides for k in s["skipped"]]

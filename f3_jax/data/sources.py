@@ -1,7 +1,8 @@
-"""Random-access sources of one split: records written by prepare/demo_corpus, or TFDS.
+"""Random-access sources of one split: records written by prepare/demo_corpus, TFDS, tars.
 
-Both kinds are opened as a grain RandomAccessDataSource of raw items plus a picklable `parse`
+Every kind is opened as a grain RandomAccessDataSource of raw items plus a picklable `parse`
 that turns a raw item into a records.Utterance, so that the pipelines do not care which it is.
+`open_split` dispatches on `data.source` through data/registry.py.
 
 - `data.source = "array_record"`: `data.path` holds dataset_info.json and <split>/ shards.
 - `data.source = "tfds"`: `tfds.data_source(data.tfds_name, split, data_dir=data.tfds_data_dir)`
@@ -9,6 +10,7 @@ that turns a raw item into a records.Utterance, so that the pipelines do not car
   optional `sample_rate` (else the audio is taken to be at the requested rate), `text`, `id`,
   and numeric scalars `label_<name>`. Reading needs no TensorFlow; building TFDS catalog audio
   datasets (tfds.features.Audio) does: `pip install .[tfds-audio]`.
+- `data.source = "webdataset"`: tar shards, indexed on open (data/webdataset_source.py).
 """
 
 from __future__ import annotations
@@ -60,7 +62,10 @@ class TfdsParser:
         )
 
 
-def _array_record_split(path: str, split: str) -> SplitSource:
+def array_record_split(data_cfg, split: str, sample_rate: int) -> SplitSource:
+    """A split of a directory written by prepare or demo_corpus (data.path)."""
+    del sample_rate  # records carry their rate
+    path = data_cfg.path
     info = read_info(path)
     if not os.path.isdir(path):
         raise DataError(f"data.path={path!r} does not exist")
@@ -89,7 +94,9 @@ def _array_record_split(path: str, split: str) -> SplitSource:
     )
 
 
-def _tfds_split(name: str, data_dir: str, split: str, sample_rate: int) -> SplitSource:
+def tfds_split(data_cfg, split: str, sample_rate: int) -> SplitSource:
+    """A TFDS split (data.tfds_name in data.tfds_data_dir) over ArrayRecord files."""
+    name, data_dir = data_cfg.tfds_name, data_cfg.tfds_data_dir
     if not name:
         raise DataError("data.source='tfds' needs data.tfds_name")
     if not data_dir or not os.path.isdir(data_dir) or not os.listdir(data_dir):
@@ -131,8 +138,6 @@ def _scan_max_seconds(src, parse) -> float | None:
 
 def open_split(data_cfg, split: str, sample_rate: int) -> SplitSource:
     """The configured source's split; raises DataError naming the path when it is unusable."""
-    if data_cfg.source == "array_record":
-        return _array_record_split(data_cfg.path, split)
-    if data_cfg.source == "tfds":
-        return _tfds_split(data_cfg.tfds_name, data_cfg.tfds_data_dir, split, sample_rate)
-    raise DataError(f"data.source={data_cfg.source!r}: use 'array_record' or 'tfds'")
+    from f3_jax.data import registry
+
+    return registry.get(data_cfg.source).function("open_split")(data_cfg, split, sample_rate)

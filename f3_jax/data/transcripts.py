@@ -5,6 +5,9 @@
   manifest's directory.
 - LibriSpeech: `<spk>-<chap>.trans.txt` next to the audio, lines `<utt-id> <TEXT>`.
 - LibriTTS: `<utt-id>.normalized.txt` next to `<utt-id>.wav`.
+
+Manifests, audio and transcript files may be local or gs:// URLs (data/files.py); a relative
+path in a manifest on gs:// is relative to the manifest's folder there.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import glob
 import json
 import os
 
+from f3_jax.data import files
 from f3_jax.data.errors import DataError
 
 
@@ -39,52 +43,58 @@ def _manifest_line(line: str, base: str, fmt: str) -> tuple[str, Entry] | None:
     else:
         path, _, text = line.partition("\t")
         entry = Entry(text.strip())
-    return os.path.realpath(os.path.join(base, path)), entry
+    return files.canonical(files.join(base, path)), entry
 
 
 def read_manifest(path: str) -> dict[str, Entry]:
-    """Absolute real path -> Entry, from a .jsonl/.json or .tsv/.txt manifest."""
-    if not os.path.isfile(path):
+    """files.canonical(audio path) -> Entry, from a .jsonl/.json or .tsv/.txt manifest."""
+    if not files.isfile(path):
         raise DataError(f"manifest not found: {path}")
     fmt = "jsonl" if path.endswith((".jsonl", ".json")) else "tsv"
-    base = os.path.dirname(os.path.abspath(path))
+    base = files.dirname(path if files.is_remote(path) else os.path.abspath(path))
     out = {}
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            try:
-                item = _manifest_line(line, base, fmt)
-            except (ValueError, KeyError) as e:
-                raise DataError(f"{path}:{n}: bad manifest line ({e})") from e
-            if item:
-                out[item[0]] = item[1]
+    for n, line in enumerate(files.read_text(path).splitlines(), 1):
+        try:
+            item = _manifest_line(line, base, fmt)
+        except (ValueError, KeyError) as e:
+            raise DataError(f"{path}:{n}: bad manifest line ({e})") from e
+        if item:
+            out[item[0]] = item[1]
     return out
 
 
-def _librispeech(directory: str) -> dict[str, str]:
-    """utt-id -> text from the *.trans.txt files of one directory."""
+def _transcript_files(directory: str) -> list[str]:
+    if files.is_remote(directory):
+        return [files.join(directory, n) for n in files.listdir(directory)]
+    return glob.glob(os.path.join(glob.escape(directory), "*.txt"))
+
+
+def _librispeech(names: list[str]) -> dict[str, str]:
+    """utt-id -> text from the *.trans.txt files among one directory's files."""
     out = {}
-    for trans in glob.glob(os.path.join(glob.escape(directory), "*.trans.txt")):
-        with open(trans, encoding="utf-8") as f:
-            for line in f:
-                uid, _, text = line.strip().partition(" ")
-                if uid:
-                    out[uid] = text.strip()
+    for trans in (n for n in names if n.endswith(".trans.txt")):
+        for line in files.read_text(trans).splitlines():
+            uid, _, text = line.strip().partition(" ")
+            if uid:
+                out[uid] = text.strip()
     return out
 
 
 class LayoutTranscripts:
-    """Finds a file's transcript in the LibriSpeech or LibriTTS layout (cached per directory)."""
+    """Finds a file's transcript in the LibriSpeech or LibriTTS layout (cached per directory:
+    one listing per directory, which on object storage replaces a request per file)."""
 
     def __init__(self) -> None:
-        self._dirs: dict[str, dict[str, str]] = {}
+        self._dirs: dict[str, tuple[set[str], dict[str, str]]] = {}
 
     def __call__(self, audio_path: str) -> str:
-        directory, fname = os.path.split(audio_path)
-        stem = fname.rsplit(".", 1)[0]
-        normalized = os.path.join(directory, stem + ".normalized.txt")
-        if os.path.isfile(normalized):
-            with open(normalized, encoding="utf-8") as f:
-                return f.read().strip()
+        directory = files.dirname(audio_path)
+        stem = os.path.basename(audio_path).rsplit(".", 1)[0]
         if directory not in self._dirs:
-            self._dirs[directory] = _librispeech(directory)
-        return self._dirs[directory].get(stem, "")
+            names = _transcript_files(directory)
+            self._dirs[directory] = (set(names), _librispeech(names))
+        names, librispeech = self._dirs[directory]
+        normalized = files.join(directory, stem + ".normalized.txt")
+        if normalized in names:
+            return files.read_text(normalized).strip()
+        return librispeech.get(stem, "")

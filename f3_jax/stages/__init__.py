@@ -16,6 +16,7 @@ import ml_collections
 from f3_jax import config as config_lib
 from f3_jax import exports
 from f3_jax.config import ConfigError
+from f3_jax.data import registry as data_registry
 from f3_jax.models.llm_loaders import smollm2_path
 from f3_jax.stages import autoencoder, flow, representation
 from f3_jax.stages.stage import Stage
@@ -50,6 +51,11 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
         config, num_devices, stage.defaults(), stage.number_rules, stage.enum_rules
     )
     stage.check(config)
+    if config.data.source not in data_registry.names():
+        raise ConfigError(
+            f"config.data.source={config.data.source!r}: use one of "
+            f"{', '.join(data_registry.names())}"
+        )
 
 
 def check_inputs(config: ml_collections.ConfigDict) -> None:
