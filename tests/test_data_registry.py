@@ -3,6 +3,7 @@
 import pytest
 
 from f3_jax import config as config_lib
+from f3_jax import stages
 from f3_jax.config import data_defaults
 from f3_jax.data import DataError, ensure_dataset, registry
 from f3_jax.data.sources import open_split
@@ -16,10 +17,10 @@ def test_every_entry_resolves_to_functions(name):
 
 
 def test_the_names_are_the_config_check(monkeypatch):
-    c = config_lib.autoencoder_defaults()
+    c = stages.defaults_for("autoencoder")
     c.data.source = "nope"
     with pytest.raises(config_lib.ConfigError, match="array_record, tfds, webdataset"):
-        config_lib.validate(c, 1)
+        stages.check_config(c, 1)
     # A new entry is all it takes for the check, open_split and ensure_dataset to know it.
     extra = registry.DataSource(
         "fake",
@@ -30,7 +31,7 @@ def test_the_names_are_the_config_check(monkeypatch):
     )
     monkeypatch.setitem(registry.SOURCES, "fake", extra)
     c.data.source = "fake"
-    config_lib.validate(c, 1)
+    stages.check_config(c, 1)
     d = data_defaults()
     d.source = "fake"
     with pytest.raises(DataError, match="fake ensure ran"):
