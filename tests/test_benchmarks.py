@@ -18,7 +18,7 @@ import pytest
 
 from benchmarks import codec_rtf, profile_step, train_step
 from f3_jax.stages.flow.config import defaults as flow_defaults
-from f3_jax.stages.flow.config import representation_defaults
+from f3_jax.stages.representation.config import defaults as representation_defaults
 from tests.ae_fixtures import tiny_ae_config
 from tests.llm_fixtures import random_params, tiny_config, write_hf_dir
 
