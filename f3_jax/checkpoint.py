@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 import json
 import logging as std_logging
 import os
@@ -31,6 +32,7 @@ from absl import logging
 from etils import epath
 
 from f3_jax.errors import UserError
+from f3_jax.stderr_noise import asyncio_noise_dropped
 from f3_jax.version import __version__
 
 # Files every committed step has (Orbax 0.12, OCDBT): checked before a restore so that a
@@ -72,15 +74,23 @@ def unreadable_file(error: BaseException, directory) -> str:
 
 
 @contextlib.contextmanager
-def quiet_orbax_errors():
+def quiet_orbax_errors(grace_s: float = 0.5):
     """Orbax and asyncio log every failed read of a broken checkpoint at ERROR, tracebacks
-    and all; the caller reports the failure itself, in one line."""
+    and all, and tensorstore prints more to stderr itself (see f3_jax/stderr_noise.py); the
+    caller reports the failure in one line. After a failure the reads still in flight get
+    `grace_s` seconds to finish and their futures are collected while all this is muted."""
     loggers = [std_logging.getLogger(n) for n in ("absl", "asyncio", "orbax", "jax")]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
         lg.setLevel(std_logging.CRITICAL)
     try:
-        yield
+        with asyncio_noise_dropped():
+            try:
+                yield
+            except BaseException:
+                time.sleep(grace_s)
+                gc.collect()  # "Future exception was never retrieved" is logged here
+                raise
     finally:
         for lg, level in zip(loggers, levels):
             lg.setLevel(level)

@@ -1,6 +1,7 @@
 """Checkpointer: relative workdirs, fresh-process reads, strict restores, exports."""
 
 import os
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -46,3 +47,44 @@ def test_export_round_trip(tmp_path):
     loaded, config, step = exports.read(os.path.join(tmp_path, "export"))
     assert step == 6 and config.stage == "autoencoder"
     np.testing.assert_array_equal(loaded["params"]["enc"]["kernel"], np.ones((3, 2)))
+
+
+def test_a_failed_restore_prints_no_asyncio_noise(tmp_path, capfd):
+    """A deleted data file fails the restore with one exception and nothing on stderr
+    (tensorstore's late reads print 'Event loop is closed' tracebacks without the filter)."""
+    import orbax.checkpoint as ocp
+
+    from f3_jax.checkpoint import quiet_orbax_errors
+
+    tree = {f"a{i}": jnp.full((32, 32), float(i)) for i in range(40)}
+    options = ocp.CheckpointManagerOptions(enable_async_checkpointing=False)
+    with ocp.CheckpointManager(tmp_path, options=options) as manager:
+        manager.save(1, args=ocp.args.Composite(state=ocp.args.StandardSave(tree)))
+    max((tmp_path / "1/state/d").iterdir(), key=lambda p: p.stat().st_size).unlink()
+    abstract = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree
+    )
+    capfd.readouterr()
+    with pytest.raises(ValueError), quiet_orbax_errors():
+        print("kept", file=sys.stderr, flush=True)
+        restore_args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
+        ocp.CheckpointManager(tmp_path).restore(1, args=restore_args)
+    assert capfd.readouterr().err.strip() == "kept"
+
+
+def test_interleaved_fragments_of_the_closed_loop_traceback_are_noise():
+    from f3_jax.stderr_noise import without_noise
+
+    text = (
+        "Traceback (most recent call last):\n"
+        '  File "/x/asyncio/base_events.py", line 806, in call_soon_threadsafe\n'
+        "RuntimeError: Event loop is closed    self._check_closed()\n"
+        "\n"
+        "    raise RuntimeError('Event loop is closed')\n"
+        "12:00:00 WARNING checkpoint step 6 is unreadable\n"
+        '  File "/x/f3_jax/train.py", line 3, in main\n'
+    )
+    assert without_noise(text) == (
+        "12:00:00 WARNING checkpoint step 6 is unreadable\n"
+        '  File "/x/f3_jax/train.py", line 3, in main\n'
+    )
