@@ -6,22 +6,21 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from f3_jax.dsp import (
+    SC_FLOOR_RMS,
+    affine_stft,
+    magnitude,
+    mel_distance,
+    spectral_convergence,
+    stft,
+    stfts,
+)
 from f3_jax.losses.adversarial import (
     feature_matching_loss,
     lsgan_discriminator_loss,
     lsgan_generator_loss,
 )
-from f3_jax.losses.spectral import (
-    SC_FLOOR_RMS,
-    affine_stft,
-    magnitude,
-    mel_distance,
-    multi_resolution_stft_loss,
-    multi_scale_mel_loss,
-    spectral_convergence,
-    stft,
-    stfts,
-)
+from f3_jax.losses.spectral import multi_resolution_stft_loss, multi_scale_mel_loss
 from f3_jax.metrics.audio import si_sdr
 from f3_jax.metrics.stft_distance import stft_distance
 
