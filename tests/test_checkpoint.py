@@ -88,3 +88,30 @@ def test_interleaved_fragments_of_the_closed_loop_traceback_are_noise():
         "12:00:00 WARNING checkpoint step 6 is unreadable\n"
         '  File "/x/f3_jax/train.py", line 3, in main\n'
     )
+
+
+@pytest.mark.parametrize("damage", ["truncate", "delete"])
+def test_an_unreadable_export_falls_back_to_the_checkpoint(tmp_path, damage, caplog):
+    """Issue 14.4: a broken export/weights.safetensors is read from the run's checkpoint
+    instead, with one warning naming the file (Tokenizer.from_checkpoint reads through
+    read_inference)."""
+    import shutil
+
+    legacy = os.path.join(os.path.dirname(__file__), "golden", "legacy", "autoencoder")
+    workdir = tmp_path / "ae"
+    shutil.copytree(legacy, workdir)
+    weights = workdir / exports.EXPORT_DIR / exports.WEIGHTS
+    expected, _, _ = exports.read_inference(str(workdir))
+    if damage == "truncate":
+        with open(weights, "r+b") as f:
+            f.truncate(weights.stat().st_size // 2)
+    else:
+        weights.unlink()
+    variables, config, step = exports.read_inference(str(workdir))
+    assert step == 3 and config.stage == "autoencoder"
+    flat_expected = jax.tree_util.tree_leaves_with_path(expected)
+    flat_found = dict(jax.tree_util.tree_leaves_with_path(variables))
+    for path, leaf in flat_expected:
+        np.testing.assert_array_equal(np.asarray(flat_found[path]), np.asarray(leaf))
+    if damage == "truncate":
+        assert any(str(weights) in r.getMessage() for r in caplog.records), caplog.text
