@@ -96,7 +96,8 @@ def quiet_orbax_errors(grace_s: float = 0.5):
             lg.setLevel(level)
 
 
-def _path_key(path) -> str:
+def path_key(path) -> str:
+    """A pytree path as "a/b/0" (dict keys, attribute names and indices)."""
     parts = []
     for p in path:
         for attr in ("key", "name", "idx"):
@@ -113,7 +114,7 @@ def flatten_shapes(tree) -> dict[str, tuple[int, ...]]:
     leaves = jax.tree_util.tree_flatten_with_path(
         tree, is_leaf=lambda x: hasattr(x, "shape") and not isinstance(x, dict)
     )[0]
-    return {_path_key(p): tuple(getattr(v, "shape", ())) for p, v in leaves if v is not None}
+    return {path_key(p): tuple(getattr(v, "shape", ())) for p, v in leaves if v is not None}
 
 
 def check_same_tree(expected: dict, found: dict, what: str) -> None:

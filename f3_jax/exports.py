@@ -46,22 +46,10 @@ class MissingExportError(ConfigError, FileNotFoundError):
 
 
 # ---- flat trees ------------------------------------------------------------------------
-def _path_key(path) -> str:
-    parts = []
-    for p in path:
-        for attr in ("key", "name", "idx"):
-            if hasattr(p, attr):
-                parts.append(str(getattr(p, attr)))
-                break
-        else:
-            parts.append(str(p))
-    return "/".join(parts)
-
-
 def flat_arrays(tree) -> dict[str, np.ndarray]:
     """{"a/b/c": host array} of every leaf of a pytree."""
     leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
-    return {_path_key(p): np.asarray(jax.device_get(v)) for p, v in leaves}
+    return {checkpoint.path_key(p): np.asarray(jax.device_get(v)) for p, v in leaves}
 
 
 def unflatten(flat: dict[str, Any]) -> dict:

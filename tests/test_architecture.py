@@ -3,7 +3,8 @@ import cycle (function-level imports included), modules and functions short enou
 
 Layers, lowest first (a module may import its own layer and the ones below):
   0 base      errors, version, cli, config_docs, config, storage, parallel, flops, dsp,
-              workdir_lock, preemption, progress, summary, latent_io, sampling
+              workdir_lock, preemption, progress, summary, latent_io, sampling,
+              stderr_noise
   1 data      f3_jax/data/ (knows nothing of models)
   1 models    f3_jax/models/, f3_jax/losses/ (know nothing of data, stages or the command
               lines)
@@ -29,6 +30,7 @@ COMMANDS = {"train", "eval", "tokenize", "generate", "latent_cache", "llm_check"
 BASE = {
     "errors", "version", "cli", "config_docs", "config", "storage", "parallel",
     "flops", "dsp", "workdir_lock", "preemption", "progress", "summary", "latent_io", "sampling",
+    "stderr_noise",
 }  # fmt: skip
 STATE = {"checkpoint", "exports", "frozen", "prefetch", "step_saver", "distributed"}
 MAX_MODULE_LINES = 400

@@ -13,6 +13,9 @@ from __future__ import annotations
 
 import functools
 
+import jax
+import jax.numpy as jnp
+
 from f3_jax import parallel
 from f3_jax.data import latent_records
 from f3_jax.frozen import FrozenAutoencoder, FrozenLLM
@@ -54,6 +57,17 @@ class LatentStageTrainer(Trainer):
             o.lr, o.warmup_steps, self.config.train.steps, o.schedule
         )
         self.tx = optim.adamw(self.lr, o)
+
+    def fresh_state(self, key: jax.Array, params: dict, **extra) -> dict:
+        """The train state at step 0: `params` with fresh optimizer moments, plus `extra`."""
+        return {
+            "step": jnp.zeros((), jnp.int32),
+            "rng": jax.random.key_data(key),
+            "skipped": jnp.zeros((), jnp.int32),
+            "params": params,
+            "opt": self.tx.init(params),
+            **extra,
+        }
 
     def frozen_exports(self) -> list[tuple[str, str]]:
         return [(self.ae.export_dir, "autoencoder")]

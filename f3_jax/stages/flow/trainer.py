@@ -81,13 +81,7 @@ class FlowTrainer(LatentStageTrainer):
         d = jnp.zeros((1, 1, self.representation.downsampler.width), jnp.float32)
         flow = self.head.init({"params": k_flow, "dropout": k_drop}, x, jnp.zeros((1, 1)), h, d)
         params = {"flow": flow["params"], "stop": self.stop.init(k_stop, h)["params"]}
-        return {
-            "step": jnp.zeros((), jnp.int32),
-            "rng": jax.random.key_data(key),
-            "skipped": jnp.zeros((), jnp.int32),
-            "params": params,
-            "opt": self.tx.init(params),
-        }
+        return self.fresh_state(key, params)
 
     def frozen_weights(self) -> dict:
         return {

@@ -72,14 +72,7 @@ class RepresentationTrainer(LatentStageTrainer):
             "adapter": self.adapter.init(keys[3], d)["params"],
         }
         quantizer = self.quantizer.init_params(self.config.quantizer.seed, self.ae.latent_dim)
-        return {
-            "step": jnp.zeros((), jnp.int32),
-            "rng": jax.random.key_data(key),
-            "skipped": jnp.zeros((), jnp.int32),
-            "params": params,
-            "opt": self.tx.init(params),
-            "quantizer": quantizer,
-        }
+        return self.fresh_state(key, params, quantizer=quantizer)
 
     def frozen_weights(self) -> dict:
         return {"autoencoder": self.ae.variables, "llm": self.llm.params}
