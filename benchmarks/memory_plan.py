@@ -114,7 +114,7 @@ class Leaf:
         top-level scalars."""
         if len(self.path) == 1:
             return "counters"
-        if self.path[0] == "frozen":  # frozen/llm, frozen/ae, frozen/rep
+        if self.path[0] == "frozen":  # frozen/llm, frozen/autoencoder, frozen/representation
             return "/".join(self.path[:2])
         if self.path[0] not in _KINDS and len(self.path) > 2 and self.path[1] in _KINDS:
             return "/".join(self.path[:2])  # a model's own sub-tree: gen/params, disc/opt

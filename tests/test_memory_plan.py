@@ -51,7 +51,7 @@ def test_stage2_on_an_abstract_mesh_splits_state_and_frozen_weights(repr_config)
     assert 1.99 < groups["opt"][0] / groups["params"][0] < 2.01
     state = _per_device([leaf for leaf in leaves if leaf.group in ("params", "opt")], 1)
     frozen = memory_plan.frozen_leaves(trainer)
-    assert {leaf.group for leaf in frozen} == {"frozen/ae", "frozen/llm"}
+    assert {leaf.group for leaf in frozen} == {"frozen/autoencoder", "frozen/llm"}
     for f in SIZES[1:]:
         trained = [leaf for leaf in leaves if leaf.group in ("params", "opt")]
         assert _per_device(trained, f) < 1.1 * state / f
@@ -72,7 +72,7 @@ def test_stage3_planned_with_stand_ins_for_missing_exports(repr_config, tmp_path
     full, half = _per_device(leaves, 1), _per_device(leaves, 2)
     assert half < 0.55 * full
     frozen = {leaf.group for leaf in memory_plan.frozen_leaves(trainer)}
-    assert frozen == {"frozen/ae", "frozen/llm", "frozen/rep"}
+    assert frozen == {"frozen/autoencoder", "frozen/llm", "frozen/representation"}
 
 
 @pytest.mark.slow  # compiles the tiny stage-2 step on one CPU device

@@ -183,7 +183,7 @@ def test_flow_head_remat_same_gradients():
     ],
 )
 def test_bad_remat_value_is_named(stage, key):
-    c = config_lib.defaults_for(stage)
+    c = stages.defaults_for(stage)
     c.mesh.data = 1
     c.train.batch_size = c.data.eval_batch_size = 8
     for group in ("autoencoder", "representation"):
