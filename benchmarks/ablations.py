@@ -21,9 +21,14 @@ median / max over them and the load average the runs saw.
 
 Every run of a group is kept in --out/NAME.json. --template fills the {table("NAME")}
 placeholders of a Markdown file with the tables of its groups (measured now, or read back
-with --from_json); a group without measurements, or with a failed variant, makes the program
-exit non-zero and write nothing, and `render` raises rather than leave a placeholder in the
-text.
+with --from_json), each between markers that let a later rendering replace it: the rendered
+file is its own template. A group without measurements, or with a failed variant, makes the
+program exit non-zero and write nothing, and `render` raises rather than leave a placeholder
+in the text. benchmarks/RESULTS.md's tables come from benchmarks/results/ablations/ this way
+(tests/test_benchmarks.py checks that they still do):
+
+    python benchmarks/ablations.py --from_json --out benchmarks/results/ablations \\
+        --template benchmarks/RESULTS.md
 """
 
 from __future__ import annotations
@@ -308,35 +313,85 @@ def table(group: Group, results: list[tuple[str, dict]], extra=()) -> str:
     return f"{group.what} ({group.config}, {runs_flags}; {where})\n\n" + "\n".join(rows)
 
 
-# A table's place in a Markdown file, and any template call at all: the second is what the
-# repository's pre-stop check greps for, so nothing of that shape may survive a rendering.
+# A table's place in a Markdown file: a {table("NAME")} placeholder, or a table rendered
+# before, between the markers `block` writes, which a new rendering replaces (so the file is
+# its own template and rendering it again from the same measurements changes nothing).
+# TEMPLATE_CALL is any template call at all, what the repository's pre-stop check and
+# tests/test_benchmarks.py grep Markdown for: nothing of that shape may survive a rendering.
 PLACEHOLDER = re.compile(r'\{table\("([^"]*)"\)\}')
+_START = "<!-- ablations table {}: rendered by benchmarks/ablations.py, do not edit -->"
+_END = "<!-- end of ablations table {} -->"
+BLOCK_START = re.compile(r"<!-- ablations table (\w+):")
+SLOT = re.compile(
+    PLACEHOLDER.pattern
+    + r"|<!-- ablations table (\w+):[^\n]*\n.*?\n<!-- end of ablations table \2 -->",
+    re.S,
+)
 TEMPLATE_CALL = re.compile(r"\{[a-z_]+\(")
 
 
+def block(name: str, table_text: str) -> str:
+    """A rendered table between the markers that let it be rendered again."""
+    return f"{_START.format(name)}\n\n{table_text}\n\n{_END.format(name)}"
+
+
+def _name(slot: re.Match) -> str:
+    return slot.group(1) if slot.group(1) is not None else slot.group(2)
+
+
 def placeholders(template: str) -> list[str]:
-    """The groups a template asks for, in order, each once."""
-    return list(dict.fromkeys(PLACEHOLDER.findall(template)))
+    """The groups a template asks for (placeholders and tables rendered before), in order,
+    each once."""
+    return list(dict.fromkeys(_name(m) for m in SLOT.finditer(template)))
 
 
 def render(template: str, tables: dict[str, str]) -> str:
-    """`template` with each {table("NAME")} replaced by tables[NAME]. Raises
-    MissingMeasurements naming the group when a table is missing, and ValueError when any other
-    template text is left, rather than return a placeholder where figures belong."""
+    """`template` with each {table("NAME")} placeholder, and each table rendered before, replaced
+    by tables[NAME] between its markers. Raises MissingMeasurements naming the group when a
+    table is missing, and ValueError when a start marker has no end or any other template text
+    is left, rather than return a placeholder where figures belong."""
+    if len(BLOCK_START.findall(template)) != sum(bool(m.group(2)) for m in SLOT.finditer(template)):
+        raise ValueError(f"a {_START.format('NAME')} line without its end marker")
 
     def table_of(match: re.Match) -> str:
-        name = match.group(1)
+        name = _name(match)
         if name not in tables:
             known = "" if name in GROUPS else " (not a group of benchmarks/ablations.py)"
-            raise MissingMeasurements(f"{match.group(0)}: no table of group {name!r}{known}")
-        return tables[name]
+            raise MissingMeasurements(f"{match.group(0)[:60]}: no table of group {name!r}{known}")
+        return block(name, tables[name])
 
-    text = PLACEHOLDER.sub(table_of, template)
-    left = TEMPLATE_CALL.search(text)
+    rest = SLOT.sub(lambda m: "\n" * m.group(0).count("\n"), template)  # the same lines
+    left = TEMPLATE_CALL.search(rest)
     if left:
-        line = text.count("\n", 0, left.start()) + 1
-        raise ValueError(f"unrendered template text on line {line}: {text.splitlines()[line - 1]}")
-    return text
+        line = rest.count("\n", 0, left.start()) + 1
+        raise ValueError(f"unrendered template text on line {line}: {rest.splitlines()[line - 1]}")
+    return SLOT.sub(table_of, template)
+
+
+def group_tables(names, out: str, *, from_json: bool, **measure) -> tuple[dict, list[str]]:
+    """({name: table} of the groups measured now (measure_group's keyword arguments), or read
+    back from out/NAME.json with from_json, and what failed: a group without measurements or
+    with a failed variant has no table, only a line in the second."""
+    tables, failed = {}, []
+    for name in names:
+        group = GROUPS[name]
+        try:
+            if from_json:
+                results, extra = load_group(name, group, out)
+            else:
+                extra = measure.get("extra", ())
+                results = measure_group(name, group, out, **measure)
+        except MissingMeasurements as e:
+            failed.append(str(e))
+            continue
+        text = table(group, results, extra)
+        print(f"\n### {name}\n\n{text}\n", flush=True)
+        broken = [v for v, f in results if "error" in f]
+        if broken:  # a table with a failed row is not a result to publish
+            failed.append(f"group {name!r}: no measurement of {', '.join(broken)}")
+        else:
+            tables[name] = text
+    return tables, failed
 
 
 def define_flags() -> None:
@@ -380,26 +435,10 @@ def main(argv) -> None:
     out = fv.out or tempfile.mkdtemp(prefix="f3_ablations_")
     if not fv.from_json:
         os.makedirs(out, exist_ok=True)
-    tables, failed = {}, []
-    for name in names:
-        group = GROUPS[name]
-        try:
-            if fv.from_json:
-                results, extra = load_group(name, group, out)
-            else:
-                extra = fv.extra
-                kwargs = {"steps": fv.steps, "repeats": fv.repeats, "extra": fv.extra}
-                results = measure_group(name, group, out, timeout_s=fv.timeout_s, **kwargs)
-        except MissingMeasurements as e:
-            failed.append(str(e))
-            continue
-        text = table(group, results, extra)
-        print(f"\n### {name}\n\n{text}\n", flush=True)
-        broken = [v for v, f in results if "error" in f]
-        if broken:  # a table with a failed row is not a result to publish
-            failed.append(f"group {name!r}: no measurement of {', '.join(broken)}")
-        else:
-            tables[name] = text
+    measure = {"steps": fv.steps, "repeats": fv.repeats, "extra": fv.extra}
+    tables, failed = group_tables(
+        names, out, from_json=fv.from_json, timeout_s=fv.timeout_s, **measure
+    )
     if failed:
         sys.exit("ablations failed:\n" + "\n".join(failed))
     if template is not None:

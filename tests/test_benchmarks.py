@@ -384,7 +384,14 @@ def test_ablation_render_fills_every_table_and_refuses_to_leave_a_placeholder():
     template = 'A\n\n{table("ae_remat")}\n\nB {table("flow_remat")} C\n'
     assert ablations.placeholders(template + '{table("ae_remat")}') == ["ae_remat", "flow_remat"]
     text = ablations.render(template, {"ae_remat": "| x |", "flow_remat": "| y |"})
-    assert text == "A\n\n| x |\n\nB | y | C\n"
+    x, y = ablations.block("ae_remat", "| x |"), ablations.block("flow_remat", "| y |")
+    assert text == f"A\n\n{x}\n\nB {y} C\n" and "\n\n| x |\n\n" in x
+    # the rendered text is its own template: a new rendering replaces the tables, nothing else
+    assert ablations.placeholders(text) == ["ae_remat", "flow_remat"]
+    again = ablations.render(text, {"ae_remat": "| z |", "flow_remat": "| y |"})
+    assert again == text.replace("| x |", "| z |")
+    with pytest.raises(ValueError, match="without its end marker"):
+        ablations.render(text.replace("<!-- end of ablations table ae_remat -->", ""), {})
     with pytest.raises(ablations.MissingMeasurements, match="'flow_remat'"):
         ablations.render(template, {"ae_remat": "| x |"})
     with pytest.raises(ablations.MissingMeasurements, match="'no_such_group'.*not a group"):
@@ -417,9 +424,13 @@ def test_ablations_cli_renders_from_json_and_exits_nonzero_without_measurements(
     proc = _ablations_cli(*args)
     assert proc.returncode == 0, proc.stderr
     text = written.read_text()
-    assert text.startswith("# R\n\nstage 3: rematerialization of the flow head")
+    assert text.startswith("# R\n\n<!-- ablations table flow_remat:")
+    assert "-->\n\nstage 3: rematerialization of the flow head" in text
     assert "| flow_head.remat=full | 2.00 / **2.10** / 2.20 (1.91x) |" in text
     assert not ablations.TEMPLATE_CALL.search(text)
+    proc = _ablations_cli(*args[:2], f"--template={written}")  # rendered again, in place
+    assert proc.returncode == 0, proc.stderr
+    assert written.read_text() == text
 
     written.unlink()
     record["variants"][1]["runs"][1] = {"error": ["out of memory"]}
