@@ -448,3 +448,36 @@ def test_ablations_cli_renders_from_json_and_exits_nonzero_without_measurements(
     (out / f"{name}.json").write_text(json.dumps(record))
     proc = _ablations_cli("--group=flow_remat", *args[:2])
     assert proc.returncode != 0 and "other variants" in proc.stderr
+
+
+def test_markdown_has_no_unrendered_template_text():
+    """No tracked Markdown file holds template text (`{name(`, the repository's pre-stop check)
+    where a table or figure should be."""
+    from benchmarks import ablations
+
+    files = subprocess.run(
+        ["git", "ls-files", "*.md"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert "benchmarks/RESULTS.md" in files
+    left = [
+        f"{path}:{n}: {line}"
+        for path in files
+        for n, line in enumerate(open(os.path.join(ROOT, path)).read().splitlines(), 1)
+        if ablations.TEMPLATE_CALL.search(line)
+    ]
+    assert not left, "unrendered template text:\n" + "\n".join(left)
+
+
+def test_results_tables_are_the_committed_measurements():
+    """RESULTS.md's ablation tables are those benchmarks/results/ablations/NAME.json renders, one
+    per group measured: an edited figure or a re-measured group not rendered fails here."""
+    from benchmarks import ablations
+
+    out = os.path.join(ROOT, "benchmarks", "results", "ablations")
+    with open(os.path.join(ROOT, "benchmarks", "RESULTS.md")) as f:
+        text = f.read()
+    names = ablations.placeholders(text)
+    assert sorted(names) == sorted(p[: -len(".json")] for p in os.listdir(out))
+    tables, failed = ablations.group_tables(names, out, from_json=True)
+    assert not failed
+    assert ablations.render(text, tables) == text
