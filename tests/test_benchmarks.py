@@ -347,3 +347,137 @@ def test_ablation_table_compares_with_the_first_variant():
     assert rows[1].startswith("| a | 2.00 (1.00x) | 10 | 0.400 (1.00x)")
     assert rows[2].startswith("| b | 3.00 (1.50x) | 10 | 0.100 (0.25x)") and "50.0 %" in rows[2]
     assert rows[3].startswith("| c | failed: boom")
+    many = base | {"runs": 3, "step_s_min": 1.5, "step_s_max": 2.5, "load": [1.0, 2.5]}
+    many |= {"timed_steps": 2}
+    text = ablations.table(group, [("a", many), ("b", other)])
+    rows = [r for r in text.splitlines() if r.startswith("| ")]
+    assert "min / median / max" in rows[0]
+    assert rows[1].startswith("| a | 1.50 / **2.00** / 2.50 (1.00x) | 10 |")
+    assert "; 3 run(s) of 2 timed steps per variant; load 1.0-2.5)" in text.splitlines()[0]
+    caption = ablations.table(group, [("a", base)], ["--x=1"]).splitlines()[0]
+    assert "--config.data.crop_seconds=4.0 --x=1; 1 x cpu)" in caption
+
+
+def _figures(step_s: float, **more) -> dict:
+    """train_step.py's JSON, cut to what the ablation tables read."""
+    f = {"step_s": step_s, "compile_s": 10.0, "temp_gib": 0.4, "argument_gib": 0.5}
+    f |= {"flops_per_step": 1e11, "achieved_gflops_per_device": 1e2 / step_s, "mfu": None}
+    return f | {"devices": 1, "device_kind": "cpu", "timed_steps": 2} | more
+
+
+def test_ablation_summary_of_runs_is_median_min_max_and_fails_with_any_run():
+    from benchmarks import ablations
+
+    runs = [_figures(s, load=[1.0, 2.0 + s]) for s in (3.0, 1.0, 2.0)]
+    f = ablations.summarize(runs)
+    assert (f["step_s_min"], f["step_s"], f["step_s_max"], f["runs"]) == (1.0, 2.0, 3.0, 3)
+    assert f["achieved_gflops_per_device"] == pytest.approx(50.0) and f["load"] == [1.0, 5.0]
+    assert ablations.summarize([*runs, {"error": ["killed"]}]) == {"error": ["killed"]}
+    assert "error" in ablations.summarize([])
+
+
+def test_ablation_render_fills_every_table_and_refuses_to_leave_a_placeholder():
+    """A table that no measurement fills raises, naming its group; so does any other template
+    call left in the text. Nothing of the shape `{name(` survives a rendering."""
+    from benchmarks import ablations
+
+    template = 'A\n\n{table("ae_remat")}\n\nB {table("flow_remat")} C\n'
+    assert ablations.placeholders(template + '{table("ae_remat")}') == ["ae_remat", "flow_remat"]
+    text = ablations.render(template, {"ae_remat": "| x |", "flow_remat": "| y |"})
+    x, y = ablations.block("ae_remat", "| x |"), ablations.block("flow_remat", "| y |")
+    assert text == f"A\n\n{x}\n\nB {y} C\n" and "\n\n| x |\n\n" in x
+    # the rendered text is its own template: a new rendering replaces the tables, nothing else
+    assert ablations.placeholders(text) == ["ae_remat", "flow_remat"]
+    again = ablations.render(text, {"ae_remat": "| z |", "flow_remat": "| y |"})
+    assert again == text.replace("| x |", "| z |")
+    with pytest.raises(ValueError, match="without its end marker"):
+        ablations.render(text.replace("<!-- end of ablations table ae_remat -->", ""), {})
+    with pytest.raises(ablations.MissingMeasurements, match="'flow_remat'"):
+        ablations.render(template, {"ae_remat": "| x |"})
+    with pytest.raises(ablations.MissingMeasurements, match="'no_such_group'.*not a group"):
+        ablations.render('{table("no_such_group")}', {})
+    with pytest.raises(ValueError, match="line 2: .*figure"):
+        ablations.render('{table("ae_remat")}\nsee {figure("loss")}', {"ae_remat": "| x |"})
+
+
+def _ablations_cli(*args: str) -> subprocess.CompletedProcess:
+    script = os.path.join(ROOT, "benchmarks", "ablations.py")
+    return subprocess.run(
+        [sys.executable, script, *args], capture_output=True, text=True, timeout=120, cwd=ROOT
+    )
+
+
+def test_ablations_cli_renders_from_json_and_exits_nonzero_without_measurements(tmp_path):
+    """--from_json renders a template from earlier runs' JSON; a group without measurements,
+    or with a failed variant, exits non-zero naming it and writes nothing."""
+    from benchmarks import ablations
+
+    out, template, written = tmp_path / "runs", tmp_path / "t.md", tmp_path / "o.md"
+    out.mkdir()
+    template.write_text('# R\n\n{table("flow_remat")}\n')
+    name, group = "flow_remat", ablations.GROUPS["flow_remat"]
+    record = ablations.group_record(name, group)
+    for i, variant in enumerate(record["variants"]):
+        variant["runs"] = [_figures(1.0 + i), _figures(1.2 + i)]
+    (out / f"{name}.json").write_text(json.dumps(record))
+    args = ("--from_json", f"--out={out}", f"--template={template}", f"--write={written}")
+    proc = _ablations_cli(*args)
+    assert proc.returncode == 0, proc.stderr
+    text = written.read_text()
+    assert text.startswith("# R\n\n<!-- ablations table flow_remat:")
+    assert "-->\n\nstage 3: rematerialization of the flow head" in text
+    assert "| flow_head.remat=full | 2.00 / **2.10** / 2.20 (1.91x) |" in text
+    assert not ablations.TEMPLATE_CALL.search(text)
+    proc = _ablations_cli(*args[:2], f"--template={written}")  # rendered again, in place
+    assert proc.returncode == 0, proc.stderr
+    assert written.read_text() == text
+
+    written.unlink()
+    record["variants"][1]["runs"][1] = {"error": ["out of memory"]}
+    (out / f"{name}.json").write_text(json.dumps(record))
+    proc = _ablations_cli(*args)
+    assert proc.returncode != 0 and "flow_head.remat=full" in proc.stderr
+    assert not written.exists()
+
+    template.write_text('{table("flow_remat")}\n{table("ae_remat")}\n')
+    proc = _ablations_cli(*args)
+    assert proc.returncode != 0 and "group 'ae_remat': no measurements" in proc.stderr
+    assert not written.exists()
+
+    record["variants"] = record["variants"][:1]  # measured before a variant was added
+    (out / f"{name}.json").write_text(json.dumps(record))
+    proc = _ablations_cli("--group=flow_remat", *args[:2])
+    assert proc.returncode != 0 and "other variants" in proc.stderr
+
+
+def test_markdown_has_no_unrendered_template_text():
+    """No tracked Markdown file holds template text (`{name(`, the repository's pre-stop check)
+    where a table or figure should be."""
+    from benchmarks import ablations
+
+    files = subprocess.run(
+        ["git", "ls-files", "*.md"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert "benchmarks/RESULTS.md" in files
+    left = [
+        f"{path}:{n}: {line}"
+        for path in files
+        for n, line in enumerate(open(os.path.join(ROOT, path)).read().splitlines(), 1)
+        if ablations.TEMPLATE_CALL.search(line)
+    ]
+    assert not left, "unrendered template text:\n" + "\n".join(left)
+
+
+def test_results_tables_are_the_committed_measurements():
+    """RESULTS.md's ablation tables are those benchmarks/results/ablations/NAME.json renders, one
+    per group measured: an edited figure or a re-measured group not rendered fails here."""
+    from benchmarks import ablations
+
+    out = os.path.join(ROOT, "benchmarks", "results", "ablations")
+    with open(os.path.join(ROOT, "benchmarks", "RESULTS.md")) as f:
+        text = f.read()
+    names = ablations.placeholders(text)
+    assert sorted(names) == sorted(p[: -len(".json")] for p in os.listdir(out))
+    tables, failed = ablations.group_tables(names, out, from_json=True)
+    assert not failed
+    assert ablations.render(text, tables) == text
