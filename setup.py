@@ -65,5 +65,9 @@ setup(
         "tfds-audio": ["tensorflow-datasets", "tensorflow-cpu"],
         # Independent PyTorch reference for the LLM log-probability test (pytest -m slow).
         "llm-ref": ["torch", "transformers", "accelerate"],
+        # benchmarks/peer_codec.py: the side-by-side PyTorch codec (CPU torch:
+        # --index-url https://download.pytorch.org/whl/cpu). descript-audiotools, which dac
+        # imports, pins protobuf < 3.20 and needs torchaudio: see README, "Speed against a peer".
+        "peer": ["torch", "descript-audio-codec"],
     },
 )

@@ -4,6 +4,7 @@ every stage on tiny configs and report positive, finite figures.
 Compiling a train step is what these tests cost; the configs are cut to the fewest layers.
 """
 
+import importlib.util
 import json
 import math
 import os
@@ -481,3 +482,28 @@ def test_results_tables_are_the_committed_measurements():
     tables, failed = ablations.group_tables(names, out, from_json=True)
     assert not failed
     assert ablations.render(text, tables) == text
+
+
+# ---- peer_codec.py --------------------------------------------------------------------
+def test_peer_codec_tiny():
+    """The side-by-side benchmark at a tiny size (needs the optional `.[peer]` extra)."""
+    pytest.importorskip("torch", reason="torch absent: pip install -e '.[peer]'")
+    if importlib.util.find_spec("dac") is None:
+        pytest.skip("descript-audio-codec absent: pip install -e '.[peer]'")
+    from benchmarks import peer_codec
+
+    f = peer_codec.run("tiny", batch=2, seconds=0.2, clip_seconds=0.4, rounds=1, chunk_frames=50)
+    assert set(f["rows"]) == {
+        "f3/step",
+        "dac/step",
+        "f3/encode",
+        "dac/encode",
+        "f3/decode",
+        "dac/decode",
+        "f3/tokenizer_decode",
+    }
+    for row in f["rows"].values():
+        assert 0 < row["min"] <= row["median"] <= row["max"] and np.isfinite(row["max"])
+    assert all(np.isfinite(v) and v > 0 for v in f["ratios"].values())
+    assert 0.5 < f["params_m"]["f3"] / f["params_m"]["dac"] < 2  # the same size
+    assert "ratio step: dac / f3" in peer_codec.report(f)
