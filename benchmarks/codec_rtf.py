@@ -7,11 +7,17 @@
 Times `f3_jax.Tokenizer.encode` and `.decode`, the inference path users call (windowed,
 batched, jitted; numpy in and out, so host transfers count), and with --modes=direct one
 jitted call of the model on device arrays (no windows, no copies), on `--batches` clips of
-`--seconds` each: one untimed call compiles every shape, then the median of `--runs` calls.
+`--seconds` each: one untimed call compiles every shape, then the median of `--runs` calls,
+with their min and max beside it.
 Weights: a workdir's export (or checkpoint), else random weights of `--config`.
 Prints audio-seconds processed per second, which is the speed in "x faster than real time",
 and the real-time factor compute/audio (below 1: faster than real time), for encode, decode
 and encode+decode (the sum of the two medians).
+
+Precision: the config's compute_dtype, so configs/ae_24k.py runs in bfloat16. On CPU that is
+the slow path: XLA:CPU runs this model slower in bf16 than in float32 (DESIGN.md), so time
+CPU runs with --config.compute_dtype=float32
+(benchmarks/peer_codec.py does) and keep bf16 for accelerators.
 """
 
 from __future__ import annotations
@@ -44,8 +50,9 @@ def test_clips(batch: int, seconds: float, sample_rate: int, seed: int = 0) -> n
     return (wav + 0.03 * rng.standard_normal(wav.shape)).astype(np.float32)
 
 
-def timed(fn, runs: int) -> tuple[object, float, float]:
-    """(result, first-call seconds (compiles), median seconds of `runs` more calls)."""
+def timed(fn, runs: int) -> tuple[object, float, dict]:
+    """(result, first-call seconds (compiles), min / median / max seconds of `runs` more
+    calls)."""
     t = time.perf_counter()
     out = fn()
     first = time.perf_counter() - t
@@ -54,7 +61,8 @@ def timed(fn, runs: int) -> tuple[object, float, float]:
         t = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t)
-    return out, first, float(np.median(times)) if times else first
+    times = times or [first]
+    return out, first, {"min": min(times), "median": float(np.median(times)), "max": max(times)}
 
 
 def direct_fns(tok: Tokenizer):
@@ -87,13 +95,15 @@ def measure(tok: Tokenizer, batch: int, seconds: float, runs: int, mode: str) ->
     for name, first, s in (
         ("encode", enc_first, enc_s),
         ("decode", dec_first, dec_s),
-        ("encode_decode", enc_first + dec_first, enc_s + dec_s),
+        ("encode_decode", enc_first + dec_first, {k: enc_s[k] + dec_s[k] for k in enc_s}),
     ):
         out[name] = {
             "first_call_s": first,
-            "median_s": s,
-            "audio_s_per_s": audio / s,  # = x faster than real time
-            "rtf": s / audio,
+            "min_s": s["min"],
+            "median_s": s["median"],
+            "max_s": s["max"],
+            "audio_s_per_s": audio / s["median"],  # = x faster than real time
+            "rtf": s["median"] / audio,
         }
     return out
 
@@ -101,15 +111,16 @@ def measure(tok: Tokenizer, batch: int, seconds: float, runs: int, mode: str) ->
 def report(device: str, model: str, rows: list[dict]) -> str:
     lines = [f"device  {device}", f"model   {model}"]
     lines.append(
-        f"{'mode':>9} {'batch':>5} {'clip':>6} {'part':>14} {'first call':>11} {'median':>10} "
-        f"{'audio-s/s (x real time)':>24} {'RTF':>9}"
+        f"{'mode':>9} {'batch':>5} {'clip':>6} {'part':>14} {'first call':>11} {'min':>9} "
+        f"{'median':>9} {'max':>9} {'audio-s/s (x real time)':>24} {'RTF':>9}"
     )
     for r in rows:
         for part in ("encode", "decode", "encode_decode"):
             p = r[part]
             lines.append(
                 f"{r['mode']:>9} {r['batch']:>5} {r['seconds']:>5.1f}s {part:>14} "
-                f"{p['first_call_s']:>10.2f}s {p['median_s']:>9.3f}s"
+                f"{p['first_call_s']:>10.2f}s {p['min_s']:>8.3f}s {p['median_s']:>8.3f}s "
+                f"{p['max_s']:>8.3f}s"
                 f" {p['audio_s_per_s']:>24.1f} {p['rtf']:>9.4f}"
             )
     return "\n".join(lines)

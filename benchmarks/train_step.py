@@ -19,7 +19,8 @@ default; its weights do not change the cost). Stage 1 is timed with its GAN term
 (--noadversarial: the generator step alone).
 
 Step time is the median of --steps steps after a first one that compiles (compile time = first
-step - median step). FLOPs are the trainer's `step_flops`: the matrix products and
+step - median step); their min and max are printed beside it (on a shared machine the spread
+says how far to trust the median). FLOPs are the trainer's `step_flops`: the matrix products and
 convolutions of the step's jaxpr (for stage 2, the variant with the LLM term; every iteration
 of scanned layers, which XLA's cost analysis counts once), divided by the devices; within a
 few percent of XLA's cost analysis where nothing is scanned (62.1 vs 62.6 GFLOP for
@@ -252,6 +253,7 @@ def measure(config, mesh, steps: int, adversarial: bool = True, latents: bool = 
     flops = float(trainer.step_flops(state, batch, step0))
     flops_s = time.perf_counter() - t
     f = figures(config, mesh, trainer, step_s, first_s, setup_s, flops, flops_s, len(times))
+    f["step_min_s"], f["step_max_s"] = (min(times), max(times)) if times else (first_s, first_s)
     return f | compiled_memory(trainer, batch, step0)
 
 
@@ -319,7 +321,8 @@ def report(f: dict) -> str:
         f"setup             {f['setup_s']:.1f} s (trainer + state init)",
         f"compile           {f['compile_s']:.1f} s (first step {f['first_step_s']:.1f} s "
         "minus a steady step)",
-        f"step time         {f['step_s'] * 1e3:.1f} ms (median of {f['timed_steps']})",
+        f"step time         {f['step_s'] * 1e3:.1f} ms (median of {f['timed_steps']}; min "
+        f"{f['step_min_s'] * 1e3:.1f}, max {f['step_max_s'] * 1e3:.1f})",
         f"audio-s/s/device  {f['audio_s_per_s_per_device']:.3f}",
         f"FLOPs/step        {f['flops_per_step'] / 1e9:.2f} GFLOP per device (matmul + conv)",
         f"achieved          {f['achieved_gflops_per_device']:.2f} GFLOP/s = "

@@ -111,6 +111,7 @@ def _check(figures, stage):
     for key in REPORTED:
         assert math.isfinite(figures[key]) and figures[key] > 0, (key, figures[key])
     assert figures["mfu"] is None  # CPU: no peak in the table
+    assert figures["step_min_s"] <= figures["step_s"] <= figures["step_max_s"]
     text = train_step.report(figures)
     for label in ("step time", "compile", "audio-s/s/device", "FLOPs/step", "MFU", "peak memory"):
         assert label in text
@@ -279,6 +280,7 @@ def test_codec_rtf_tiny():
         for part in ("encode", "decode", "encode_decode"):
             p = row[part]
             assert np.isfinite(p["audio_s_per_s"]) and p["audio_s_per_s"] > 0
+            assert 0 < p["min_s"] <= p["median_s"] <= p["max_s"]
             assert math.isclose(p["rtf"] * p["audio_s_per_s"], 1.0, rel_tol=1e-9)
     assert "encode_decode" in codec_rtf.report("cpu", codec_rtf.describe(f), f["rows"])
 
