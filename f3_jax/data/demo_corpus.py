@@ -177,10 +177,12 @@ def build(
 def export_wav(corpus: str, out: str, *, split: str = "test", count: int = 3) -> list[str]:
     """Writes the first `count` utterances of a split as <id>.wav (at the corpus's rate) with
     <id>.txt transcripts: sample files to try `tokenize` and `generate --prompt_audio` on."""
-    from f3_jax.data.audio_io import write_audio
-    from f3_jax.data.sources import _array_record_split
+    import ml_collections
 
-    src = _array_record_split(corpus, split)
+    from f3_jax.data.audio_io import write_audio
+    from f3_jax.data.sources import array_record_split
+
+    src = array_record_split(ml_collections.ConfigDict({"path": corpus}), split, 0)
     os.makedirs(out, exist_ok=True)
     written = []
     for i in range(min(count, len(src.source))):
