@@ -14,10 +14,10 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 import soundfile as sf
-from ae_fixtures import tiny_ae_config
-from test_tokenizer import random_variables
 
 from f3_jax import exports
+from tests.ae_fixtures import tiny_ae_config
+from tests.test_tokenizer import random_variables
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHORT_S, LONG_S = 20, 20 * 60

@@ -21,7 +21,6 @@ import numpy as np
 import pytest
 import soundfile as sf
 import soxr
-from ae_fixtures import tiny_ae_config
 
 from f3_jax import checkpoint, exports
 from f3_jax.data.audio_io import load_audio
@@ -32,6 +31,7 @@ from f3_jax.models.autoencoder import Autoencoder
 from f3_jax.models.llm import stack_layer_params
 from f3_jax.models.representation import RepresentationEncoder
 from f3_jax.stages.representation.config import defaults as representation_defaults
+from tests.ae_fixtures import tiny_ae_config
 
 HOP = 40
 LONG_FRAMES = 180  # 8 windows with chunk_frames=24 (kept cores of 24 frames)
