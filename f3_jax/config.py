@@ -10,8 +10,10 @@ comment lines above it: `--print_config` prints those comments (f3_jax/config_do
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import math
 import numbers
+import os
 from collections.abc import Callable, Sequence
 
 import ml_collections
@@ -284,3 +286,13 @@ def check_shared(
                 f"(mesh.data * mesh.fsdp = {data_par * fsdp})"
             )
     check_enums(config, tuple(SHARED_ENUM_RULES) + tuple(enum_rules))
+
+
+def sibling_config(this_file: str, name: str) -> ml_collections.ConfigDict:
+    """get_config() of the config file `name`.py beside `this_file`: a config built on another
+    (configs/ae_demo_25hz.py on configs/ae_demo.py), found by path from any directory."""
+    path = os.path.join(os.path.dirname(os.path.abspath(this_file)), f"{name}.py")
+    spec = importlib.util.spec_from_file_location(f"f3_config_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()

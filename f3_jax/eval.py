@@ -115,6 +115,7 @@ def evaluate_step(s: Session, step: int) -> dict[str, float]:
     _write_tensorboard(s, step, result, scalars)
     s.store.add_metrics(step, scalars)
     details = {
+        "stage": s.config.stage,  # the comparison report refuses runs of different stages
         "headline": list(result.headline.items()),  # a list: JSON objects lose the order
         "panels": panels,
         "seconds": {"restore": restored - start, "evaluate": evaluated - restored},

@@ -13,8 +13,8 @@ Layers, lowest first (a module may import its own layer and the ones below):
   3 inference f3_jax/inference/ (Tokenizer, Generator)
   3 evaluation f3_jax/evaluation/
   4 stages    f3_jax/stages/
-  5 commands  train, eval, tokenize, generate, latent_cache, llm_check, aot_compile: never
-              each other (eval.py never imports train.py)
+  5 commands  train, eval, tokenize, generate, latent_cache, llm_check, aot_compile, compare,
+              ablate: never each other (eval.py never imports train.py)
   5 api       the package itself, whose lazy attributes are the Tokenizer and the Generator
 """
 
@@ -26,7 +26,10 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "f3_jax"
-COMMANDS = {"train", "eval", "tokenize", "generate", "latent_cache", "llm_check", "aot_compile"}
+COMMANDS = {
+    "train", "eval", "tokenize", "generate", "latent_cache", "llm_check", "aot_compile",
+    "compare", "ablate",
+}  # fmt: skip
 BASE = {
     "errors", "version", "cli", "config_docs", "config", "storage", "parallel",
     "flops", "dsp", "workdir_lock", "preemption", "progress", "summary", "latent_io", "sampling",

@@ -552,7 +552,8 @@ def test_autoencoder_eval_counts_clips_no_metric_can_score():
     """A 1-sample clip used to crash STOI and with it the eval binary; silence and short clips
     are skipped by PESQ, STOI and the recognizer and counted under skipped/*."""
     from f3_jax.metrics.recognizer import transcribe
-    from f3_jax.stages.autoencoder.evaluator import AutoencoderEvaluator, _wer_scalars
+    from f3_jax.stages.autoencoder.evaluator import AutoencoderEvaluator
+    from f3_jax.stages.autoencoder.panels import wer_scalars as _wer_scalars
     from tests.test_metrics import speech_like
 
     sr = 16000

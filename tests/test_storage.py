@@ -409,10 +409,10 @@ def test_spectrogram_figures_on_remote_workdir(fake_gcs):
 # ---- exports (needs the checkpoint.py diff of the gs:// report) --------------------------
 def test_tokenizer_from_remote_export(fake_gcs, tmp_path, monkeypatch):
     import jax
-    from ae_fixtures import tiny_ae_config
-    from test_tokenizer import random_variables
 
     from f3_jax.inference.tokenizer import Tokenizer
+    from tests.ae_fixtures import tiny_ae_config
+    from tests.test_tokenizer import random_variables
 
     monkeypatch.chdir(tmp_path)  # a local-only call must not litter the repository
     config = tiny_ae_config()

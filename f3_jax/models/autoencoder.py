@@ -1,5 +1,9 @@
 """Stage-1 waveform autoencoder: convolutional encoder/decoder around the normalized bottleneck.
 
+The bottleneck is `bottleneck.kind`'s: F3's normalized noisy bottleneck ("f3", bottleneck.py),
+the KL-regularized one ("vae", vae_bottleneck.py) or a plain projection ("plain",
+plain_bottleneck.py); the parameters are under "bottleneck" whichever it is.
+
 Oobleck / DAC family: each encoder block is three residual units (dilations 1, 3, 9, Snake
 activations, weight-normalized convolutions) followed by a strided convolution with kernel
 2*stride; the decoder mirrors it with transposed convolutions. All padding is explicit, so an
@@ -23,10 +27,13 @@ import jax.numpy as jnp
 from f3_jax.models.bottleneck import NormalizedNoisyBottleneck
 from f3_jax.models.layers import Snake, WNConv1d, WNConvTranspose1d
 from f3_jax.models.llm_layers import remat
+from f3_jax.models.plain_bottleneck import PlainBottleneck
+from f3_jax.models.vae_bottleneck import VAEBottleneck
 
 Dtype = jnp.dtype | str
 _STEM_KERNEL = 7  # first/last convolutions (as in DAC)
 _OUT_KERNEL = 3  # encoder's last convolution to the latent width
+BOTTLENECKS = ("f3", "vae", "plain")  # bottleneck.kind
 
 
 class ResidualUnit(nn.Module):
@@ -145,7 +152,7 @@ class Decoder(nn.Module):
 
 
 class Autoencoder(nn.Module):
-    """Encoder -> NormalizedNoisyBottleneck -> Decoder. Build with `Autoencoder.from_config`."""
+    """Encoder -> bottleneck (BOTTLENECKS) -> Decoder. Build with `Autoencoder.from_config`."""
 
     channels: int = 128
     channel_mults: Sequence[int] = (1, 2, 4, 8, 16)
@@ -154,11 +161,13 @@ class Autoencoder(nn.Module):
     dilations: Sequence[int] = (1, 3, 9)
     kernel_size: int = 7
     final_tanh: bool = False
+    bottleneck_kind: str = "f3"
     norm: str = "layer"
     noise: str = "uniform"
     noise_max: float = 0.5
     noise_scale: float = 0.25
     momentum: float = 0.99
+    vae_min_std: float = 1e-4
     dtype: Dtype = jnp.float32
     remat: str = "none"  # of the encoder's and decoder's blocks under grad
 
@@ -174,11 +183,14 @@ class Autoencoder(nn.Module):
             dilations=tuple(m.dilations),
             kernel_size=int(m.kernel_size),
             final_tanh=bool(m.final_tanh),
+            # exports from before the baselines lack kind and vae_min_std: F3's then
+            bottleneck_kind=b.get("kind", "f3"),
             norm=b.norm,
             noise=b.noise,
             noise_max=float(b.noise_max),
             noise_scale=float(b.noise_scale),
             momentum=float(b.batch_norm_momentum),
+            vae_min_std=float(b.get("vae_min_std", 1e-4)),
             dtype=jnp.dtype(config.compute_dtype),
             remat=m.get("remat", "none"),  # exports from before the key existed lack it
         )
@@ -186,6 +198,23 @@ class Autoencoder(nn.Module):
     @property
     def hop(self) -> int:
         return math.prod(self.strides)
+
+    @property
+    def uses_batch_stats(self) -> bool:
+        """Whether the variables hold a "batch_stats" collection (F3's batch norm)."""
+        return self.bottleneck_kind == "f3" and self.norm == "batch"
+
+    def _make_bottleneck(self) -> nn.Module:
+        if self.bottleneck_kind == "f3":
+            return NormalizedNoisyBottleneck(
+                self.latent_dim, self.norm, self.noise, self.noise_max, self.noise_scale,
+                self.momentum, dtype=self.dtype,
+            )  # fmt: skip
+        if self.bottleneck_kind == "vae":
+            return VAEBottleneck(self.latent_dim, self.vae_min_std, self.dtype)
+        if self.bottleneck_kind == "plain":
+            return PlainBottleneck(self.latent_dim, self.dtype)
+        raise ValueError(f"bottleneck.kind={self.bottleneck_kind!r}: use one of {BOTTLENECKS}")
 
     def setup(self) -> None:
         self.encoder = Encoder(
@@ -198,15 +227,7 @@ class Autoencoder(nn.Module):
             dtype=self.dtype,
             remat=self.remat,
         )
-        self.bottleneck = NormalizedNoisyBottleneck(
-            self.latent_dim,
-            self.norm,
-            self.noise,
-            self.noise_max,
-            self.noise_scale,
-            self.momentum,
-            dtype=self.dtype,
-        )
+        self.bottleneck = self._make_bottleneck()
         self.decoder = Decoder(
             self.channels,
             tuple(self.channel_mults),
@@ -219,9 +240,12 @@ class Autoencoder(nn.Module):
         )
 
     def encode(self, wav: jax.Array, *, train: bool = False) -> dict[str, jax.Array]:
-        """(B, L) -> dict(z (B,T,D) clean normalized, z_noisy (== z unless train), sigma (B,))."""
+        """(B, L) -> dict(z (B,T,D) the clean latents, z_noisy (the decoder's input: == z
+        unless train), sigma (the noise scale: (B,), or the VAE's (B,T,D) std in training)),
+        and in training the bottleneck's loss terms per frame ("kl" (B,T) of the VAE)."""
         z, z_noisy, sigma = self.bottleneck(self.encoder(wav), train=train)
-        return {"z": z, "z_noisy": z_noisy, "sigma": sigma}
+        terms = self.bottleneck.train_terms(z, sigma) if train else {}
+        return {"z": z, "z_noisy": z_noisy, "sigma": sigma, **terms}
 
     def decode(self, z: jax.Array) -> jax.Array:
         """(B, T, D) -> (B, T * hop) waveform."""

@@ -1,8 +1,14 @@
-"""The normalized noisy bottleneck of stage 1: projection, scale-free normalization, noise.
+"""The normalized noisy bottleneck of stage 1 (F3's, `bottleneck.kind = "f3"`): projection,
+scale-free normalization, noise.
 
 No KL term: the latent scale is fixed by the normalization, and robustness of the decoder to
 small latent errors (what later stages produce) comes from training it on z + sigma * eps with a
 noise level sigma drawn per example. At inference the bottleneck is deterministic.
+
+Every bottleneck (this one, `vae_bottleneck.VAEBottleneck`, `plain_bottleneck.PlainBottleneck`)
+maps encoder features h (B, T, C) to (z, z_noisy, sigma): the clean latents, what the decoder
+reads in training (z + sigma * eps; z itself at inference), and the scale of that noise; and
+`train_terms(z, sigma)` gives the loss terms it adds in training, per frame ({} here).
 """
 
 from __future__ import annotations
@@ -16,6 +22,20 @@ NOISES = ("uniform", "half_normal", "none")
 _EPS = 1e-5
 
 
+def projection(features: int, dtype) -> nn.Dense:
+    """The dense projection every bottleneck starts with (parameters "proj", float32)."""
+    return nn.Dense(
+        features,
+        dtype=dtype,
+        param_dtype=jnp.float32,
+        kernel_init=nn.with_logical_partitioning(
+            nn.initializers.lecun_normal(), ("dense_in", "dense_out")
+        ),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("channels",)),
+        name="proj",
+    )
+
+
 def layer_normalize(h: jax.Array) -> jax.Array:
     """Each frame: zero mean and unit RMS over its channels (no learned scale or bias)."""
     h = h - jnp.mean(h, axis=-1, keepdims=True)
@@ -23,6 +43,8 @@ def layer_normalize(h: jax.Array) -> jax.Array:
 
 
 class NormalizedNoisyBottleneck(nn.Module):
+    """Projection, normalization without learned scale, and noise in training (F3's)."""
+
     latent_dim: int
     norm: str = "layer"
     noise: str = "uniform"
@@ -30,6 +52,10 @@ class NormalizedNoisyBottleneck(nn.Module):
     noise_scale: float = 0.25
     momentum: float = 0.99
     dtype: jnp.dtype | str = jnp.float32
+
+    def train_terms(self, z: jax.Array, sigma: jax.Array) -> dict[str, jax.Array]:
+        """No loss of its own: the normalization fixes the scale."""
+        return {}
 
     def _batch_normalize(self, h: jax.Array, train: bool) -> jax.Array:
         """Per channel: zero mean, unit variance over batch and time; running stats at inference."""
@@ -62,16 +88,7 @@ class NormalizedNoisyBottleneck(nn.Module):
     @nn.compact
     def __call__(self, h: jax.Array, *, train: bool = False):
         """h (B, T, C) -> (z_clean, z_noisy, sigma) with z (B, T, latent_dim), sigma (B,)."""
-        h = nn.Dense(
-            self.latent_dim,
-            dtype=self.dtype,
-            param_dtype=jnp.float32,
-            kernel_init=nn.with_logical_partitioning(
-                nn.initializers.lecun_normal(), ("dense_in", "dense_out")
-            ),
-            bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("channels",)),
-            name="proj",
-        )(h)
+        h = projection(self.latent_dim, self.dtype)(h)
         # statistics in float32: bf16 means/variances over many frames lose too much.
         h = h.astype(jnp.float32)
         if self.norm == "layer":

@@ -17,6 +17,7 @@ from f3_jax.config import (
     mesh_defaults,
     train_defaults,
 )
+from f3_jax.models.autoencoder import BOTTLENECKS
 
 
 def defaults() -> ml_collections.ConfigDict:
@@ -39,11 +40,15 @@ def defaults() -> ml_collections.ConfigDict:
     c.model.remat = "none"  # encoder and decoder blocks: none, full, dots_saveable
 
     c.bottleneck = ml_collections.ConfigDict()
-    c.bottleneck.norm = "layer"  # "layer" (per frame over channels), "batch", or "none"
-    c.bottleneck.noise = "uniform"  # "uniform" (sigma ~ U[0, noise_max]), "half_normal", "none"
+    # "f3": normalized and noisy (F3's); "vae": KL-regularized mean and scale (stable-audio-tools'
+    # baseline, loss.kl_weight); "plain": a projection only, no normalization, no noise.
+    c.bottleneck.kind = "f3"
+    c.bottleneck.norm = "layer"  # kind="f3": "layer" (per frame over channels), "batch", "none"
+    c.bottleneck.noise = "uniform"  # kind="f3": "uniform" (U[0, noise_max]), "half_normal", "none"
     c.bottleneck.noise_max = 0.5  # the uniform noise level's upper bound
     c.bottleneck.noise_scale = 0.25  # half-normal scale
     c.bottleneck.batch_norm_momentum = 0.99  # norm="batch": momentum of the running statistics
+    c.bottleneck.vae_min_std = 1e-4  # kind="vae": floor added to softplus(scale), as theirs
 
     c.discriminator = ml_collections.ConfigDict()
     c.discriminator.use_mpd = True  # the multi-period waveform discriminator
@@ -65,6 +70,8 @@ def defaults() -> ml_collections.ConfigDict:
     c.loss.adv_weight = 1.0  # weight of the least-squares GAN loss
     c.loss.feature_weight = 2.0  # weight of the discriminator feature-matching loss
     c.loss.log_eps = 1e-5  # inside the logs of the spectral losses
+    # kind="vae": weight of the KL term (logged as loss/kl); stable-audio-tools' VAEs use 1e-4.
+    c.loss.kl_weight = 1e-4
 
     c.optim = ml_collections.ConfigDict()
     c.optim.gen_lr = 1e-4  # the generator's learning rate
@@ -80,6 +87,18 @@ def defaults() -> ml_collections.ConfigDict:
     c.train.steps = 400_000
     c.train.adversarial_start = 0  # discriminator off before this global step
     c.train.ema_decay = 0.0  # 0 disables the EMA of the generator
+
+    # Eval's generability measure (metrics/generability.py): a small MLP trained for a fixed
+    # budget to predict the next latent patch from the previous ones, the same for every variant.
+    c.generability = ml_collections.ConfigDict()
+    c.generability.patch_frames = 4  # frames per predicted patch (stage 3's patch)
+    c.generability.context_patches = 8  # previous patches the model reads
+    c.generability.steps = 500  # Adam steps (0 turns the measure off)
+    c.generability.batch_size = 128  # windows per step
+    c.generability.hidden = 256  # width of the MLP's two hidden layers
+    c.generability.learning_rate = 1e-3  # Adam's learning rate
+    c.generability.test_fraction = 0.25  # the split's last utterances, held out
+    c.generability.seed = 0  # the MLP's init and its batches
 
     c.data = data_defaults()
     c.mesh = mesh_defaults()
@@ -99,11 +118,21 @@ NUMBER_RULES = (
     ("bottleneck.noise_max", NON_NEGATIVE),
     ("bottleneck.noise_scale", NON_NEGATIVE),
     ("bottleneck.batch_norm_momentum", FRACTION),
+    ("bottleneck.vae_min_std", POSITIVE),  # 0 lets the std reach 0 and log(std^2) -inf
+    ("loss.kl_weight", NON_NEGATIVE),
     ("train.ema_decay", FRACTION),  # 0 disables the EMA
     ("train.adversarial_start", NON_NEGATIVE),
+    ("generability.patch_frames", POSITIVE),
+    ("generability.context_patches", POSITIVE),
+    ("generability.steps", NON_NEGATIVE),
+    ("generability.batch_size", POSITIVE),
+    ("generability.hidden", POSITIVE),
+    ("generability.learning_rate", POSITIVE),
+    ("generability.test_fraction", FRACTION),
 )
 ENUM_RULES = (
     ("model.remat", REMAT_POLICIES),
+    ("bottleneck.kind", BOTTLENECKS),
     ("bottleneck.norm", ("layer", "batch", "none")),
     ("bottleneck.noise", ("uniform", "half_normal", "none")),
 )

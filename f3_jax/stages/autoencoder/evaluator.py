@@ -4,8 +4,13 @@ Per checkpoint, on every utterance of the split:
 - on device, jitted and batched: multi-scale mel distance (the training validation's scales),
   multi-resolution STFT distance, SI-SDR, per-channel latent mean/std and per-frame RMS, and
   the robustness curve: mel distance of decode(z + sigma * eps) for each sigma of SIGMAS (eps
-  fixed per batch, so every checkpoint sees the same noise). Each sigma costs a decoder pass,
-  so the curve covers the first batches of the split only (ROBUSTNESS_EXAMPLES utterances);
+  fixed per batch, so every checkpoint sees the same noise), and again with sigma in units of
+  the split's latent std (sigma * sqrt(mean channel variance): latents of any scale, such as
+  the plain bottleneck's, compare on it). Each sigma costs a decoder pass, so the curves cover
+  the first batches of the split only (ROBUSTNESS_EXAMPLES utterances);
+- generability (metrics/generability.py): a small autoregressive model trained for a fixed
+  budget (config.generability, seeded) on the latents of the split's first utterances predicts
+  the next patch of the last ones; its error normalized by the latent variance;
 - on host threads: wideband PESQ, STOI (mean over the clips they can score, and the number
   they skip: `skipped/pesq`, `skipped/stoi`), and pocketsphinx transcripts of the
   reconstructions scored against the transcripts, next to the recognizer's WER on the original
@@ -30,13 +35,13 @@ from f3_jax.evaluation.batches import clips, device_batch, local_batches, real_r
 from f3_jax.evaluation.progress import EvalProgress
 from f3_jax.metrics import intelligibility, latents, recognizer
 from f3_jax.metrics.audio import si_sdr
+from f3_jax.metrics.generability import GenerabilityBudget, generability
 from f3_jax.metrics.stft_distance import stft_distance
-from f3_jax.metrics.wer import word_error_rate
 from f3_jax.models.autoencoder import Autoencoder
+from f3_jax.stages.autoencoder import panels
 
 SIGMAS = (0.0, 0.05, 0.1, 0.2, 0.5, 1.0)
 NUM_AUDIO_EXAMPLES = 2  # spectrogram pairs and audio clips per evaluation
-NUM_TRANSCRIPT_ROWS = 8  # transcripts shown in the report
 ROBUSTNESS_SEED = 0
 ROBUSTNESS_EXAMPLES = 8  # at least this many utterances (whole batches) get the curve
 
@@ -49,6 +54,8 @@ HEADLINE = {
     "wer/reconstruction": "lower",
     "wer/difference": "lower",
     "robustness/mel_sigma_0.5": "lower",
+    "robustness/mel_rel_sigma_0.5": "lower",
+    "generability/nmse": "lower",
 }
 
 
@@ -65,6 +72,7 @@ class AutoencoderEvaluator:
         self._reconstruct_jit = jax.jit(self._reconstruct)
         self._noisy_mel_jit = jax.jit(self._noisy_mel)
         self._original_transcripts: dict[tuple, list[str]] = {}
+        self.budget = generability_budget(config)
 
     # ---- device side ---------------------------------------------------------------------
     def _reconstruct(self, variables, audio, mask):
@@ -101,28 +109,51 @@ class AutoencoderEvaluator:
         with jax.set_mesh(mesh):
             est, z, metrics, sums = self._reconstruct_jit(variables, audio, mask)
             if robustness:  # sigma 0 is the reconstruction itself
-                noisy = [
-                    self._noisy_mel_jit(variables, z, audio, mask, jnp.float32(s), index)
-                    for s in SIGMAS[1:]
-                ]
+                noisy = self._noisy_curve(variables, (z, audio, mask), index, 1.0)
         rows = real_rows(local)
-        est, metrics, sums, noisy = jax.device_get((est, metrics, sums, noisy))
+        est, metrics, sums, noisy, z_host = jax.device_get((est, metrics, sums, noisy, z))
         out = {k: np.asarray(v)[rows] for k, v in metrics.items()}
         curve = [out["mel_distance"]] + [np.asarray(n)[rows] for n in noisy]
         out["robustness"] = np.stack(curve, axis=1) if noisy else np.zeros((0, len(SIGMAS)))
+        # kept for the relative curve, once the split's latent std is known
+        out["device"] = ((z, audio, mask), index, rows) if robustness else None
         out["sums"] = sums
+        frames = frame_mask(np.asarray(local["mask"]), self.hop, z_host.shape[1]).sum(-1)
+        out["latents"] = [np.asarray(z_host[i, : int(frames[i])], np.float32) for i in rows]
         out["est"] = clips(est, local["mask"], rows)
         out["ref"] = clips(local["audio"], local["mask"], rows)
         out["text"] = [str(local["text"][i]) for i in rows]
         out["id"] = [str(local["id"][i]) for i in rows]
         return out
 
+    def _noisy_curve(self, variables, arrays: tuple, index: int, unit: float) -> list:
+        """Mel distances of decode(z + s * unit * eps) for the nonzero sigmas s of SIGMAS."""
+        z, audio, mask = arrays
+        return [
+            self._noisy_mel_jit(variables, z, audio, mask, jnp.float32(s * unit), index)
+            for s in SIGMAS[1:]
+        ]
+
+    def _relative_robustness(self, variables, parts: list, latent_std: float) -> np.ndarray:
+        """The robustness curve with sigma in units of `latent_std`, over the same utterances
+        and noise draws as the absolute one: (examples, len(SIGMAS))."""
+        rows_out = []
+        with jax.set_mesh(self.trainer.mesh):
+            for p in parts:
+                if p["device"] is None:
+                    continue
+                arrays, index, rows = p["device"]
+                noisy = jax.device_get(self._noisy_curve(variables, arrays, index, latent_std))
+                curve = [p["mel_distance"]] + [np.asarray(n)[rows] for n in noisy]
+                rows_out.append(np.stack(curve, axis=1))
+                p["device"] = None  # the device arrays are no longer needed
+        return np.concatenate(rows_out) if rows_out else np.zeros((0, len(SIGMAS)))
+
     # ---- evaluation ----------------------------------------------------------------------
-    def evaluate(self, state: dict, step: int) -> EvalResult:
-        variables = self.trainer.inference_variables(state)
+    def _device_pass(self, variables, step: int, progress) -> list[dict]:
+        """Every batch of the split through the model: per-batch results (see `_batch`)."""
         o = self.options
         parts, noisy_rows = [], 0
-        progress = EvalProgress(step, o.split)
         total = split_size(self.config, o.split, o.max_examples)
         batches = local_batches(self.config, o.split, o.batch_size, o.max_examples)
         with progress.phase("reconstruction metrics", total) as advance:
@@ -133,17 +164,40 @@ class AutoencoderEvaluator:
                 advance(len(parts[-1]["id"]))
         if not sum(len(p["id"]) for p in parts):
             raise DataError(f"split {o.split!r} of {self.config.data.path} has no utterances")
-        cat = lambda key: [x for p in parts for x in p[key]]
-        refs, ests, texts, ids = cat("ref"), cat("est"), cat("text"), cat("id")
-        device = {k: np.concatenate([p[k] for p in parts]) for k in HOST_KEYS}
+        return parts
+
+    def _latent_scalars(self, variables, parts: list, progress) -> tuple[dict, dict, list]:
+        """Latent statistics, both robustness curves and generability: (scalars, latent
+        summary, [absolute curve, relative curve])."""
         stats = latents.LatentStats()
         for p in parts:
             stats.add(p["sums"])
+        summary = stats.summary()
+        scalars = panels.latent_scalars(summary)
+        latent_std = float(np.sqrt(np.mean(np.square(summary["channel_std"]))))
+        scalars["latent/std"] = latent_std
+        absolute = np.concatenate([p["robustness"] for p in parts]).mean(axis=0)
+        relative = self._relative_robustness(variables, parts, latent_std).mean(axis=0)
+        for name, curve in (("mel_sigma", absolute), ("mel_rel_sigma", relative)):
+            scalars |= {f"robustness/{name}_{s:g}": float(v) for s, v in zip(SIGMAS, curve)}
+        scalars["robustness/num_examples"] = float(sum(len(p["robustness"]) for p in parts))
+        seqs = [z for p in parts for z in p["latents"]]
+        with progress.phase("generability (small AR model on the latents)", len(seqs)) as advance:
+            result = generability(seqs, self.budget)
+            advance(len(seqs))
+        scalars |= {f"generability/{k}": v for k, v in result.items()}
+        return scalars, summary, [absolute, relative]
 
-        scalars = {k: float(np.mean(v)) for k, v in device.items() if k != "robustness"}
-        robustness = device["robustness"].mean(axis=0)
-        scalars |= {f"robustness/mel_sigma_{s:g}": float(v) for s, v in zip(SIGMAS, robustness)}
-        scalars["robustness/num_examples"] = float(len(device["robustness"]))
+    def evaluate(self, state: dict, step: int) -> EvalResult:
+        variables = self.trainer.inference_variables(state)
+        o = self.options
+        progress = EvalProgress(step, o.split)
+        parts = self._device_pass(variables, step, progress)
+        cat = lambda key: [x for p in parts for x in p[key]]
+        refs, ests, texts, ids = cat("ref"), cat("est"), cat("text"), cat("id")
+        scalars = {k: float(np.mean(np.concatenate([p[k] for p in parts]))) for k in HOST_KEYS}
+        latent_scalars, summary, curves = self._latent_scalars(variables, parts, progress)
+        scalars |= latent_scalars
         with progress.phase("PESQ and STOI", len(refs)) as advance:
             scalars |= self._quality(refs, ests)
             advance(len(refs))
@@ -151,27 +205,26 @@ class AutoencoderEvaluator:
             hyps_orig = self._transcripts_of_originals(o.split, ids, refs)
             hyps_rec = recognizer.transcribe(ests, self.sample_rate, o.num_threads)
             advance(len(refs))
-        scalars |= _wer_scalars(texts, hyps_orig, hyps_rec)
-        latent_summary = stats.summary()
-        scalars |= _latent_scalars(latent_summary)
+        scalars |= panels.wer_scalars(texts, hyps_orig, hyps_rec)
         scalars["num_examples"] = float(len(ids))
-
-        panels = [
-            _wer_panel(scalars),
-            _robustness_panel(robustness),
-            _latent_panel(latent_summary),
-            _transcript_panel(texts, hyps_orig, hyps_rec, ids),
+        result_panels = [
+            panels.wer_panel(scalars),
+            panels.robustness_panel(SIGMAS, curves[0]),
+            panels.robustness_panel(SIGMAS, curves[1], relative=True),
+            panels.latent_panel(summary),
+            panels.generability_panel(scalars, self.budget.patch_frames),
+            panels.transcript_panel(texts, hyps_orig, hyps_rec, ids),
         ]
         audio = {
             ids[i]: {"original": refs[i], "reconstruction": ests[i]}
             for i in range(min(NUM_AUDIO_EXAMPLES, len(ids)))
         }
         histograms = {
-            "latent/channel_mean": latent_summary["channel_mean"],
-            "latent/channel_std": latent_summary["channel_std"],
+            "latent/channel_mean": summary["channel_mean"],
+            "latent/channel_std": summary["channel_std"],
         }
         return EvalResult(
-            scalars, dict(HEADLINE), panels, histograms, audio, sample_rate=self.sample_rate
+            scalars, dict(HEADLINE), result_panels, histograms, audio, sample_rate=self.sample_rate
         )
 
     def _quality(self, refs: list, ests: list) -> dict[str, float]:
@@ -193,97 +246,21 @@ class AutoencoderEvaluator:
         return self._original_transcripts[key]
 
 
-HOST_KEYS = ("mel_distance", "stft_distance", "si_sdr", "robustness")
+HOST_KEYS = ("mel_distance", "stft_distance", "si_sdr")
 
 
-def _wer_scalars(texts: list, hyps_orig: list, hyps_rec: list) -> dict[str, float]:
-    """WER of the recognizer on original and reconstructed audio, over utterances with text
-    whose original audio it did not skip (None); a skipped reconstruction counts as ''."""
-    with_text = [i for i, t in enumerate(texts) if t.strip()]
-    if not with_text:
-        return {}
-    keep = [i for i in with_text if hyps_orig[i] is not None]
-    refs = [texts[i] for i in keep]
-    orig = word_error_rate(refs, [hyps_orig[i] for i in keep])  # NaN when keep is empty
-    rec = word_error_rate(refs, [hyps_rec[i] or "" for i in keep])
-    return {
-        "wer/original": orig,
-        "wer/reconstruction": rec,
-        "wer/difference": rec - orig,
-        "wer/num_utterances": float(len(keep)),
-        "skipped/wer": float(len(with_text) - len(keep)),
-    }
-
-
-def _wer_panel(scalars: dict) -> dict:
-    rows = [
-        [audio, scalars.get(f"wer/{key}", float("nan"))]
-        for audio, key in (
-            ("original", "original"),
-            ("reconstruction", "reconstruction"),
-            ("reconstruction - original", "difference"),
-        )
-    ]
-    return {
-        "kind": "table",
-        "title": "Intelligibility: pocketsphinx word error rate",
-        "name": "wer",
-        "columns": ["audio", "WER"],
-        "rows": rows,
-    }
-
-
-def _latent_scalars(summary: dict) -> dict[str, float]:
-    mean, std = summary["channel_mean"], summary["channel_std"]
-    return {
-        "latent/channel_mean_abs_max": float(np.max(np.abs(mean))),
-        "latent/channel_std_mean": float(np.mean(std)),
-        "latent/channel_std_min": float(np.min(std)),
-        "latent/channel_std_max": float(np.max(std)),
-        "latent/frame_rms_mean": summary["frame_rms_mean"],
-        "latent/frame_rms_std": summary["frame_rms_std"],
-    }
-
-
-def _robustness_panel(curve: np.ndarray) -> dict:
-    return {
-        "kind": "xy",
-        "title": "Robustness: mel distance of decode(z + sigma * eps)",
-        "name": "robustness",
-        "x_label": "sigma",
-        "y_label": "mel distance",
-        "across_steps": True,
-        "series": {"mel distance": {"x": list(SIGMAS), "y": [float(v) for v in curve]}},
-    }
-
-
-def _latent_panel(summary: dict) -> dict:
-    channels = list(range(len(summary["channel_mean"])))
-    return {
-        "kind": "xy",
-        "title": "Latent channels: mean and std over the split's frames",
-        "name": "latent_channels",
-        "x_label": "channel",
-        "y_label": "value",
-        "markers": True,
-        "series": {
-            "mean": {"x": channels, "y": [float(v) for v in summary["channel_mean"]]},
-            "std": {"x": channels, "y": [float(v) for v in summary["channel_std"]]},
-        },
-    }
-
-
-def _transcript_panel(texts: list, hyps_orig: list, hyps_rec: list, ids: list) -> dict:
-    shown = lambda hyp: "(skipped)" if hyp is None else hyp
-    rows = [
-        [ids[i], texts[i], shown(hyps_orig[i]), shown(hyps_rec[i])]
-        for i in range(len(ids))
-        if texts[i].strip()
-    ][:NUM_TRANSCRIPT_ROWS]
-    return {
-        "kind": "table",
-        "title": "pocketsphinx transcripts: original vs reconstruction",
-        "name": "transcripts",
-        "columns": ["id", "reference", "recognized (original)", "recognized (reconstruction)"],
-        "rows": rows,
-    }
+def generability_budget(config) -> GenerabilityBudget:
+    """The generability model and budget of a stage-1 config (config.generability)."""
+    g = config.get("generability")
+    if g is None:  # a config from before the field existed
+        return GenerabilityBudget()
+    return GenerabilityBudget(
+        patch_frames=int(g.patch_frames),
+        context_patches=int(g.context_patches),
+        steps=int(g.steps),
+        batch_size=int(g.batch_size),
+        hidden=int(g.hidden),
+        learning_rate=float(g.learning_rate),
+        test_fraction=float(g.test_fraction),
+        seed=int(g.seed),
+    )

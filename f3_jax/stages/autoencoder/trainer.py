@@ -1,4 +1,4 @@
-"""Stage 1's trainer: the normalized noisy autoencoder with its GAN discriminators.
+"""Stage 1's trainer: the autoencoder (any bottleneck.kind) with its GAN discriminators.
 
 The state is a plain dict (readable checkpoints, strict restores):
   step, rng, skipped_gen, skipped_disc,
@@ -8,7 +8,8 @@ adversarial losses), then the discriminator update on the same reconstruction (t
 runs once). Each STFT of the real and of the reconstructed audio is computed once per step
 (`dsp.stfts`) and shared by the mel loss, the STFT loss and the STFT discriminators of both
 updates. Whether the adversarial terms are on is decided on the host from the global step (the
-step variant), so each of the two variants compiles once and neither wastes work.
+step variant), so each of the two variants compiles once and neither wastes work. A bottleneck
+with a loss of its own (the VAE's KL) adds it as a term, averaged over the real latent frames.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ class AutoencoderTrainer(Trainer):
         self.disc_lr = optim.learning_rate_schedule(o.disc_lr, o.warmup_steps, t.steps, o.schedule)
         self.gen_tx = optim.adamw(self.gen_lr, o)
         self.disc_tx = optim.adamw(self.disc_lr, o)
-        self.uses_batch_stats = config.bottleneck.norm == "batch"
+        self.uses_batch_stats = self.model.uses_batch_stats
         self._grad_norm_jits: dict[bool, object] = {}  # log_metrics' program per variant
 
     # ---- state -------------------------------------------------------------------------
@@ -137,6 +138,7 @@ class AutoencoderTrainer(Trainer):
                 ref, est, fft_sizes=lc.stft_fft_sizes, eps=lc.log_eps, spectra=spectra
             ),
         }
+        terms |= _bottleneck_terms(out, mask, self.model.hop)
         if adversarial_on:
             fake = self.disc.apply({"params": disc_params}, est, est_spec)
             real = self.disc.apply({"params": disc_params}, ref, ref_spec)
@@ -151,6 +153,7 @@ class AutoencoderTrainer(Trainer):
             "stft": lc.stft_weight,
             "adv": lc.adv_weight,
             "feature": lc.feature_weight,
+            "kl": lc.get("kl_weight", 0.0),
         }
         return sum(weights[k] * v for k, v in terms.items())
 
@@ -222,7 +225,8 @@ class AutoencoderTrainer(Trainer):
         """Gradient norm of each weighted loss term alone."""
         gen, key = state["gen"], self._step_key(state)
         extra = {"batch_stats": gen["batch_stats"]} if self.uses_batch_stats else {}
-        names = ["mel", "stft"] + (["adv", "feature"] if adversarial_on else [])
+        names = ["mel", "stft"] + (["kl"] if self.model.bottleneck_kind == "vae" else [])
+        names += ["adv", "feature"] if adversarial_on else []
         ref_spec = self._ref_spectra(batch, adversarial_on)
         disc_params = state["disc"]["params"]
         norms = {}
@@ -291,6 +295,15 @@ class AutoencoderTrainer(Trainer):
                 sample_rate,
             )
         return {}
+
+
+def _bottleneck_terms(out: dict, mask, hop: int) -> dict:
+    """The bottleneck's own loss terms (per frame in `out`) averaged over the real frames."""
+    terms = {}
+    if "kl" in out:
+        fmask = dsp.frame_mask(mask, hop, out["kl"].shape[1])
+        terms["kl"] = jnp.sum(out["kl"] * fmask) / jnp.maximum(jnp.sum(fmask), 1.0)
+    return terms
 
 
 def _latent_metrics(out: dict) -> dict:

@@ -76,6 +76,10 @@ def defaults() -> ml_collections.ConfigDict:
     c.adapter.hidden = 2048  # adapter MLP hidden width (output: the LLM's embedding width)
 
     c.loss = ml_collections.ConfigDict()
+    # Which objectives train the encoder (the paper's ablation): "both" (F3's), "rq_mtp" (no
+    # LLM term: the LLM never runs in training) or "llm" (no RQ-MTP term: the heads stay at
+    # their initialization).
+    c.loss.objectives = "both"
     c.loss.rq_mtp_weight = 1.0  # weight of the RQ-MTP cross-entropy
     c.loss.llm_weight = 1.0  # weight of the transcript cross-entropy through the LLM
 
@@ -116,7 +120,9 @@ NUMBER_RULES = (
     ("adapter.downsample", AT_LEAST_ONE),
     ("llm.max_text_tokens", AT_LEAST_ONE),
 )
+OBJECTIVES = ("both", "rq_mtp", "llm")  # loss.objectives
 ENUM_RULES = (
+    ("loss.objectives", OBJECTIVES),
     ("llm.dtype", DTYPES),
     ("llm.param_dtype", DTYPES),
     ("autoencoder.dtype", ("", *DTYPES)),
@@ -133,6 +139,7 @@ def check(config: ml_collections.ConfigDict) -> None:
             "config.autoencoder.workdir is empty: name the stage-1 workdir "
             "(--config.autoencoder.workdir=runs/ae_demo)"
         )
+    _check_objectives(config.loss)
     e = config.encoder
     if e.num_heads % e.num_kv_heads:
         raise ConfigError(
@@ -141,3 +148,15 @@ def check(config: ml_collections.ConfigDict) -> None:
         )
     if e.head_dim % 2:
         raise ConfigError(f"config.encoder.head_dim={e.head_dim} must be even (rotary pairs)")
+
+
+def _check_objectives(loss: ml_collections.ConfigDict) -> None:
+    """An objective that is on needs a nonzero weight, else nothing trains the encoder."""
+    needs = {"both": ("rq_mtp", "llm"), "rq_mtp": ("rq_mtp",), "llm": ("llm",)}
+    weights = [f"{name}_weight" for name in needs[loss.objectives]]
+    if all(loss[w] == 0 for w in weights):
+        zero = " and ".join(f"config.loss.{w}=0" for w in weights)
+        raise ConfigError(
+            f"{zero} with config.loss.objectives={loss.objectives!r}: no objective trains "
+            "the encoder; give the objective a nonzero weight or choose another one"
+        )

@@ -95,7 +95,9 @@ class RepresentationTrainer(LatentStageTrainer):
 
     def variant(self, batch: dict, step: int) -> bool:
         # Read on the host (never a device-to-host transfer); a batch not made by host_batch
-        # runs the LLM term.
+        # runs the LLM term, unless loss.objectives leaves it out.
+        if self.config.loss.get("objectives", "both") == "rq_mtp":
+            return False
         return bool(batch[VARIANT_KEY].item()) if VARIANT_KEY in batch else True
 
     # ---- forward pieces ----------------------------------------------------------------
@@ -132,18 +134,21 @@ class RepresentationTrainer(LatentStageTrainer):
         _, targets, tmask = self._targets(constants["quantizer"], z, fmask)
         lc = self.config.loss
 
+        with_rq = lc.get("objectives", "both") != "llm"
+
         def loss_fn(params):
             r = self._represent(params, z, fmask)
-            stats = self._rq_mtp_stats(params, r, targets, tmask)
-            rq_loss, accuracy = rq_mtp.loss_and_accuracy_from_stats(stats, targets.shape[-1])
-            terms = {"rq_mtp": rq_loss}
+            terms, accuracy, total = {}, None, 0.0
+            if with_rq:
+                stats = self._rq_mtp_stats(params, r, targets, tmask)
+                rq_loss, accuracy = rq_mtp.loss_and_accuracy_from_stats(stats, targets.shape[-1])
+                terms["rq_mtp"] = rq_loss
+                total = lc.rq_mtp_weight * rq_loss
             if with_llm:
                 nll, count = self._transcript(params, frozen["llm"], r, fmask, batch)
                 terms["transcript"] = jnp.sum(nll) / jnp.maximum(jnp.sum(count), 1.0)
-            total = lc.rq_mtp_weight * rq_loss
-            if with_llm:
                 total = total + lc.llm_weight * terms["transcript"]
-            return total, (terms, accuracy)
+            return jnp.asarray(total, jnp.float32), (terms, accuracy)
 
         (total, (terms, accuracy)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
             trained["params"]
@@ -151,7 +156,8 @@ class RepresentationTrainer(LatentStageTrainer):
         new, metrics = self.model_update(trained, grads)
         metrics |= {f"loss/{k}": v for k, v in terms.items()} | {"loss/total": total}
         metrics["data/text_fraction"] = jnp.mean(jnp.max(batch["text_mask"], axis=1))
-        metrics |= {f"rq_mtp/acc_h{h + 1}": accuracy[h] for h in range(accuracy.shape[0])}
+        if accuracy is not None:
+            metrics |= {f"rq_mtp/acc_h{h + 1}": accuracy[h] for h in range(accuracy.shape[0])}
         return new, metrics
 
     # ---- validation --------------------------------------------------------------------
