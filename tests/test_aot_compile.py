@@ -48,7 +48,7 @@ def _matmul_program(mesh, rows: int, name: str = "matmul"):
     from f3_jax.aot.programs import Program
 
     x = jax.ShapeDtypeStruct(
-        (rows, 1024), jnp.float32, sharding=NamedSharding(mesh, PartitionSpec("fsdp"))
+        (rows, 1024), jnp.float32, sharding=NamedSharding(mesh, PartitionSpec(("data", "fsdp")))
     )
     w = jax.ShapeDtypeStruct(
         (1024, 1024), jnp.float32, sharding=NamedSharding(mesh, PartitionSpec())
@@ -151,3 +151,22 @@ def test_cli_writes_the_json_report(tmp_path):
     result = json.loads(out.read_text())
     assert result["programs"]["generate"]["status"] == "compiled"
     assert "| generate |" in run.stdout
+
+
+def test_two_slices_put_the_data_axis_over_the_slices():
+    import ml_collections
+    import numpy as np
+
+    from f3_jax.aot import report, topology
+    from f3_jax.aot.chips import CHIPS
+
+    topology.use_cpu_runtime()
+    devices = topology.describe("v5e:2x2", num_slices=2)
+    assert len(devices) == 8 and {d.slice_index for d in devices} == {0, 1}
+    mesh_cfg = ml_collections.ConfigDict({"data": 2, "fsdp": -1, "tensor": 1})
+    mesh = topology.mesh_for(mesh_cfg, devices, num_slices=2)
+    assert dict(mesh.shape) == {"data": 2, "fsdp": 4, "tensor": 1}
+    slices = np.vectorize(lambda d: d.slice_index)(mesh.devices)
+    assert (slices[0] == 0).all() and (slices[1] == 1).all()  # one slice per data row
+    result, _ = report.compile_program(_matmul_program(mesh, 4096), CHIPS["v5e"])
+    assert result["status"] == "compiled" and result["verdict"] == "fits"

@@ -75,6 +75,19 @@ def audio_batch(trainer, batch: int, samples: int) -> dict:
     return out
 
 
+def latent_batch(trainer, batch: int) -> dict:
+    """The latent cache's training batch (data.latent_cache set, stages 2 and 3): latents of
+    the crop and their frame mask instead of audio, so the step runs no frozen encoder."""
+    frames, dim = trainer.crop // trainer.ae.hop, trainer.ae.latent_dim
+    audio = audio_batch(trainer, batch, trainer.crop)
+    return {
+        "latents": _sds(trainer.mesh, (batch, frames, dim), jnp.float32),
+        "frame_mask": _sds(trainer.mesh, (batch, frames), jnp.float32),
+        "text_ids": audio["text_ids"],
+        "text_mask": audio["text_mask"],
+    }
+
+
 def eval_samples(config) -> int:
     """The longest eval batch: data.eval_max_seconds, capped at the longest bucket (as
     f3_jax.data pads them)."""
@@ -90,15 +103,17 @@ def train_step_of(config) -> int:
 def _train(trainer) -> Program:
     config = trainer.config
     b, n = config.train.batch_size, trainer.crop
-    batch = audio_batch(trainer, b, n)
+    cached = bool(config.data.get("latent_cache", "")) and "text_ids" in trainer.batch_keys
+    batch = latent_batch(trainer, b) if cached else audio_batch(trainer, b, n)
     step = train_step_of(config)
+    source = "latent-cache batch" if cached else "global batch"
 
     def flops() -> float:
         return trainer.step_flops(trainer.abstract_state(), batch, step)
 
     return Program(
         "train",
-        f"train step at step {step}: global batch {b} x {n / config.sample_rate:g} s",
+        f"train step at step {step}: {source} {b} x {n / config.sample_rate:g} s",
         lambda: trainer.lower_train_step(batch, step),
         audio_seconds=b * n / config.sample_rate,
         model_flops=flops,
