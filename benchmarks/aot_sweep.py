@@ -52,7 +52,23 @@ def run(cells: list[str], programs: str, out: str, extra: list[str], tag: str) -
         print(done.stdout[-3000:], flush=True)
         if done.returncode:
             print(f"{cell}: exit {done.returncode}: {done.stderr.strip()[-1500:]}", flush=True)
+        elif os.path.exists(path):
+            label(path, tag, extra)
         print(f"{cell}: {time.perf_counter() - start:.0f} s", flush=True)
+
+
+def label(path: str, tag: str, extra: list[str]) -> None:
+    """Records the variant (its tag and config overrides) in the cell's JSON."""
+    with open(path) as f:
+        result = json.load(f)
+    result["variant"] = {"tag": tag, "overrides": extra}
+    with open(path, "w") as f:
+        json.dump(result, f, indent=1)
+
+
+def _variant(result: dict) -> str:
+    overrides = result.get("variant", {}).get("overrides", [])
+    return " ".join(o.removeprefix("--config.") for o in overrides) or "as configured"
 
 
 def _size(n: float) -> str:
@@ -64,16 +80,20 @@ def _size(n: float) -> str:
 
 def _row(result: dict, name: str, r: dict) -> str:
     mesh = "x".join(str(v) for v in result["mesh"].values())
+    slices = f" x {result['num_slices']}" if result.get("num_slices", 1) > 1 else ""
     head = (
-        f"| {os.path.basename(result['config'])} | {result['topology']} "
-        f"| {mesh} | {result['global_batch']} | {name} | {r.get('compile_seconds', 0):.0f} "
+        f"| {os.path.basename(result['config'])} | {_variant(result)} "
+        f"| {result['topology']}{slices} | {mesh} | {result['global_batch']} | {name} "
+        f"| {r.get('compile_seconds', 0):.0f} "
     )
     if r["status"] == "error":
         return head + f"| error: {r['error'][:60]} | | | | |"
     m = r["memory"]
     memory = f"{m['total'] / GiB:.2f} / {m['hbm'] / GiB:.0f}"
     if r["status"] != "compiled":
-        return head + f"| {memory} | {r['verdict']} | | | |"
+        big = (r.get("largest_buffers") or [{}])[0]
+        where = f"largest buffer: {_size(big['bytes'])} {big['shape']}" if big else ""
+        return head + f"| {memory} | {r['verdict']} | | | {where} |"
     e, big = r["estimate"], r["largest_collective"]
     collective = f"{big['kind']} {_size(big['bytes'])}" if big else "none"
     return head + (
@@ -84,10 +104,10 @@ def _row(result: dict, name: str, r: dict) -> str:
 
 def table(out: str) -> str:
     lines = [
-        "| config | topology | mesh (data x fsdp x tensor) | global batch | program "
-        "| compile s | GiB per chip / HBM | verdict | est. step s (bound) | est. MFU "
-        "| largest collective |",
-        "|" + "---|" * 11,
+        "| config | variant | topology | mesh (data x fsdp x tensor) | global batch "
+        "| program | compile s | GiB per chip / HBM | verdict | est. step s (bound) "
+        "| est. MFU | largest collective |",
+        "|" + "---|" * 12,
     ]
     for path in sorted(glob.glob(os.path.join(out, "*.json"))):
         with open(path) as f:
