@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from f3_jax.aot import hlo, report
-from f3_jax.aot.chips import CHIPS, GiB, chip_of
+from f3_jax.aot.chips import CHIPS, GiB, check_topology, chip_of
+from f3_jax.errors import UsageError
 
 # A cut-down optimized TPU module: an all-gather in a while loop of 12 iterations (scanned
 # layers), an async all-reduce whose start and done share a channel, and a reduce-scatter
@@ -90,20 +91,19 @@ def test_verdict_and_roofline():
     assert "estimate" in memory_bound["note"] and "not measured" in memory_bound["note"]
 
 
-@pytest.mark.parametrize(
-    "args, expected",
-    [
-        (["--topology=v5e:2x2"], "--config is required"),
-        (["--config=configs/ae_demo.py"], "--topology is required"),
-        (["--config=configs/ae_demo.py", "--topology=v7:2x2"], "expected <chip>:<shape>"),
-    ],
-)
-def test_usage_errors_are_one_line(args, expected):
+def test_usage_errors_are_one_line():
     run = subprocess.run(
-        [sys.executable, "-m", "f3_jax.aot_compile", *args],
+        [sys.executable, "-m", "f3_jax.aot_compile", "--topology=v5e:2x2"],
         capture_output=True,
         text=True,
         cwd=ROOT,
     )
     assert run.returncode == 2, run.stderr
-    assert run.stderr.strip().startswith("error:") and expected in run.stderr
+    assert run.stderr.strip() == "error: --config is required (a configs/*.py file)"
+
+
+@pytest.mark.parametrize("name", ["v7:2x2", "v5e", "v5e:2x2x", "tpu:4x4", ""])
+def test_topology_names_are_checked_before_anything_is_built(name):
+    with pytest.raises(UsageError, match="expected <chip>:<shape>"):
+        check_topology(name)
+    check_topology("v5p:4x4x4")
