@@ -68,7 +68,9 @@ def label(path: str, tag: str, extra: list[str]) -> None:
 
 def _variant(result: dict) -> str:
     overrides = result.get("variant", {}).get("overrides", [])
-    return " ".join(o.removeprefix("--config.") for o in overrides) or "as configured"
+    names = [o.removeprefix("--config.") for o in overrides]
+    names = ["data.latent_cache (set)" if n.startswith("data.latent_cache=") else n for n in names]
+    return " ".join(names) or "as configured"
 
 
 def _size(n: float) -> str:
@@ -106,7 +108,7 @@ def table(out: str) -> str:
     lines = [
         "| config | variant | topology | mesh (data x fsdp x tensor) | global batch "
         "| program | compile s | GiB per chip / HBM | verdict | est. step s (bound) "
-        "| est. MFU | largest collective |",
+        "| est. MFU (upper bound) | largest single collective |",
         "|" + "---|" * 12,
     ]
     for path in sorted(glob.glob(os.path.join(out, "*.json"))):
