@@ -63,6 +63,10 @@ setup(
         # building TFDS catalog audio datasets (librispeech, ...) needs it.
         "tfds": ["tensorflow-datasets"],
         "tfds-audio": ["tensorflow-datasets", "tensorflow-cpu"],
+        # libtpu, for python -m f3_jax.aot_compile (the TPU compiler on a machine without a
+        # TPU) and tests/test_aot_compile.py; nothing else in f3_jax imports it. On a TPU VM
+        # the same extra is the runtime.
+        "tpu": ["jax[tpu]"],
         # Independent PyTorch reference for the LLM log-probability test (pytest -m slow).
         "llm-ref": ["torch", "transformers", "accelerate"],
         # benchmarks/peer_codec.py: the side-by-side PyTorch codec (CPU torch:

@@ -148,6 +148,21 @@ def batch_sharding(mesh: Mesh, ndim: int) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec(BATCH_AXES, *([None] * (ndim - 1))))
 
 
+def constrain_batch(x: jax.Array) -> jax.Array:
+    """`x` with its leading (batch) dimension split over ("data", "fsdp") of the mesh in
+    context (`jax.set_mesh`), as the batch arrives. Without it the compiler may keep the
+    activations of a scanned transformer whole on every device (the repr_24k train step on 16
+    v5e chips held the full global batch's activations per chip: benchmarks/RESULTS.md).
+    Unchanged without a mesh, on one batch shard, or when the batch does not divide."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or not set(BATCH_AXES) <= set(mesh.axis_names):
+        return x
+    shards = int(np.prod([mesh.shape[a] for a in BATCH_AXES]))
+    if shards == 1 or x.ndim == 0 or x.shape[0] % shards:
+        return x
+    return jax.lax.with_sharding_constraint(x, PartitionSpec(BATCH_AXES))
+
+
 def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
 

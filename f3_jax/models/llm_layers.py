@@ -15,6 +15,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from f3_jax.parallel import constrain_batch
+
 Dtype = Any
 _INIT = nn.initializers.normal(0.02)
 
@@ -214,6 +216,7 @@ class DecoderLayer(nn.Module):
     @nn.compact
     def __call__(self, x, positions, mask, kv_cache=None, cache_index=None):
         c = self.config
+        x = constrain_batch(x)  # keeps the residual stream split by batch through the scan
         dtype, param_dtype = jnp.dtype(c.dtype), jnp.dtype(c.param_dtype)
         norm = dict(eps=c.rms_norm_eps, dtype=dtype, param_dtype=param_dtype)
         attn = Attention(

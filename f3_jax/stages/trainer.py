@@ -192,8 +192,7 @@ class Trainer:
             trained, metrics = fn(*args)
         return dict(state, **trained), metrics
 
-    def eval_step(self, state: dict, batch: dict):
-        """Per-example (value, weight) pairs of each validation metric, and outputs."""
+    def _jitted_eval_step(self):
         if self._eval_jit is None:
             inputs_s = jax.tree.map(lambda x: x.sharding, self.eval_inputs(self.abstract_state()))
             frozen_s = jax.tree.map(lambda x: x.sharding, self.frozen_weights())
@@ -202,9 +201,13 @@ class Trainer:
                 in_shardings=(inputs_s, frozen_s, self._batch_shardings(self.batch_keys)),
                 out_shardings=self.eval_out_shardings(),
             )
+        return self._eval_jit
+
+    def eval_step(self, state: dict, batch: dict):
+        """Per-example (value, weight) pairs of each validation metric, and outputs."""
         batch = {k: batch[k] for k in self.batch_keys}
         with jax.set_mesh(self.mesh):
-            return self._eval_jit(self.eval_inputs(state), self.frozen_weights(), batch)
+            return self._jitted_eval_step()(self.eval_inputs(state), self.frozen_weights(), batch)
 
     def lower_train_step(self, batch: dict, step: int = 0, **lower_kwargs):
         """The train step at `step` for `batch` (arrays or ShapeDtypeStructs) lowered from the
@@ -213,6 +216,14 @@ class Trainer:
         fn, args = self._step_args(self.abstract_state(), batch, step)
         with parallel.mesh_context(self.mesh):
             return fn.trace(*args).lower(**lower_kwargs)
+
+    def lower_eval_step(self, batch: dict, **lower_kwargs):
+        """The eval step for `batch` (arrays or ShapeDtypeStructs) lowered from the abstract
+        state, as `lower_train_step` lowers the train step."""
+        args = (self.eval_inputs(self.abstract_state()), self.frozen_weights())
+        batch = {k: batch[k] for k in self.batch_keys}
+        with parallel.mesh_context(self.mesh):
+            return self._jitted_eval_step().trace(*args, batch).lower(**lower_kwargs)
 
     def step_flops(self, state: dict, batch: dict, step: int) -> float:
         """Per-device FLOPs of one train step (f3_jax.flops: matrix products and convolutions

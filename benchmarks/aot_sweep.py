@@ -1,0 +1,136 @@
+"""Sweep of `python -m f3_jax.aot_compile` over configs x TPU topologies, and its table.
+
+    python benchmarks/aot_sweep.py run --cells ae_24k@v5e:4x4,repr_24k@v6e:8x8 \
+        [--programs train] [--out benchmarks/reports/aot] [--extra --config.train.batch_size=64]
+    python benchmarks/aot_sweep.py table [--out benchmarks/reports/aot]
+
+`run` compiles each cell in its own process (libtpu: pip install -e ".[tpu]"), one after the
+other, and keeps each report as OUT/<config>@<topology>[+<tag>].json; a cell whose JSON exists
+is skipped, so an interrupted sweep resumes. `table` prints the Markdown table of README's
+"What fits where" from those files: compile status, memory per chip against HBM, the roofline
+estimate of the step time and MFU (an estimate from the compiler's counts, not a measurement)
+and the largest collective, per program.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+GiB = 2**30
+
+
+def _cell_path(out: str, cell: str, tag: str) -> str:
+    name = cell.replace(":", "_") + (f"+{tag}" if tag else "")
+    return os.path.join(out, f"{name}.json")
+
+
+def run(cells: list[str], programs: str, out: str, extra: list[str], tag: str) -> None:
+    os.makedirs(out, exist_ok=True)
+    env = dict(os.environ, TPU_ACCELERATOR_TYPE="v5litepod-4", TPU_WORKER_HOSTNAMES="localhost")
+    for cell in cells:
+        config, topology = cell.split("@")
+        path = _cell_path(out, cell, tag)
+        if os.path.exists(path):
+            print(f"{cell}: done before ({path})", flush=True)
+            continue
+        cmd = [
+            sys.executable, "-m", "f3_jax.aot_compile", f"--config=configs/{config}.py",
+            f"--topology={topology}", f"--json={path}", *extra,
+        ]  # fmt: skip
+        if programs:
+            cmd.append(f"--programs={programs}")
+        start = time.perf_counter()
+        print(f"{cell}: {' '.join(cmd[2:])}", flush=True)
+        done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+        print(done.stdout[-3000:], flush=True)
+        if done.returncode:
+            print(f"{cell}: exit {done.returncode}: {done.stderr.strip()[-1500:]}", flush=True)
+        elif os.path.exists(path):
+            label(path, tag, extra)
+        print(f"{cell}: {time.perf_counter() - start:.0f} s", flush=True)
+
+
+def label(path: str, tag: str, extra: list[str]) -> None:
+    """Records the variant (its tag and config overrides) in the cell's JSON."""
+    with open(path) as f:
+        result = json.load(f)
+    result["variant"] = {"tag": tag, "overrides": extra}
+    with open(path, "w") as f:
+        json.dump(result, f, indent=1)
+
+
+def _variant(result: dict) -> str:
+    overrides = result.get("variant", {}).get("overrides", [])
+    names = [o.removeprefix("--config.") for o in overrides]
+    names = ["data.latent_cache (set)" if n.startswith("data.latent_cache=") else n for n in names]
+    return " ".join(names) or "as configured"
+
+
+def _size(n: float) -> str:
+    for unit, scale in (("GiB", GiB), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n:.0f} B"
+
+
+def _row(result: dict, name: str, r: dict) -> str:
+    mesh = "x".join(str(v) for v in result["mesh"].values())
+    slices = f" x {result['num_slices']}" if result.get("num_slices", 1) > 1 else ""
+    head = (
+        f"| {os.path.basename(result['config'])} | {_variant(result)} "
+        f"| {result['topology']}{slices} | {mesh} | {result['global_batch']} | {name} "
+        f"| {r.get('compile_seconds', 0):.0f} "
+    )
+    if r["status"] == "error":
+        return head + f"| error: {r['error'][:60]} | | | | |"
+    m = r["memory"]
+    memory = f"{m['total'] / GiB:.2f} / {m['hbm'] / GiB:.0f}"
+    if r["status"] != "compiled":
+        big = (r.get("largest_buffers") or [{}])[0]
+        where = f"largest buffer: {_size(big['bytes'])} {big['shape']}" if big else ""
+        return head + f"| {memory} | {r['verdict']} | | | {where} |"
+    e, big = r["estimate"], r["largest_collective"]
+    collective = f"{big['kind']} {_size(big['bytes'])}" if big else "none"
+    return head + (
+        f"| {memory} | {r['verdict']} | {e['step_seconds']:.3f} ({e['bound']}) "
+        f"| {100 * e['mfu']:.0f} % | {collective} |"
+    )
+
+
+def table(out: str) -> str:
+    lines = [
+        "| config | variant | topology | mesh (data x fsdp x tensor) | global batch "
+        "| program | compile s | GiB per chip / HBM | verdict | est. step s (bound) "
+        "| est. MFU (upper bound) | largest single collective |",
+        "|" + "---|" * 12,
+    ]
+    for path in sorted(glob.glob(os.path.join(out, "*.json"))):
+        with open(path) as f:
+            result = json.load(f)
+        lines += [_row(result, n, r) for n, r in result["programs"].items()]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("command", choices=("run", "table"))
+    parser.add_argument("--cells", default="", help="config@topology,... (configs/ names)")
+    parser.add_argument("--programs", default="", help="only these programs (default: all)")
+    parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "reports", "aot"))
+    parser.add_argument("--tag", default="", help="suffix of the JSON names (a variant)")
+    args, extra = parser.parse_known_args()
+    if args.command == "run":
+        run([c for c in args.cells.split(",") if c], args.programs, args.out, extra, args.tag)
+    else:
+        print(table(args.out))
+
+
+if __name__ == "__main__":
+    main()

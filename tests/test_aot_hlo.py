@@ -1,0 +1,109 @@
+"""f3_jax.aot's readers of the compiler's output (no libtpu needed): collectives of an optimized
+HLO module by kind with loop trip counts, shape sizes, out-of-memory messages, the fit
+verdict, the roofline estimate, and the command line's usage errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from f3_jax.aot import hlo, report
+from f3_jax.aot.chips import CHIPS, GiB, check_topology, chip_of
+from f3_jax.errors import UsageError
+
+# A cut-down optimized TPU module: an all-gather in a while loop of 12 iterations (scanned
+# layers), an async all-reduce whose start and done share a channel, and a reduce-scatter
+# written as an all-reduce inside an all-reduce-scatter fusion computation.
+ROOT = Path(__file__).resolve().parents[1]
+
+HLO = """HloModule jit_step, entry_computation_layout={(f32[8,128]{1,0})->f32[8,128]{1,0}}
+
+%cond (p: (s32[], f32[8,128])) -> pred[] {
+  %p = (s32[], f32[8,128]{1,0}) parameter(0)
+  %i = s32[] get-tuple-element(%p), index=0
+  %n = s32[] constant(12)
+  ROOT %lt = pred[] compare(%i, %n), direction=LT
+}
+
+%body (p.1: (s32[], f32[8,128])) -> (s32[], f32[8,128]) {
+  %p.1 = (s32[], f32[8,128]{1,0}) parameter(0)
+  %x = f32[8,128]{1,0} get-tuple-element(%p.1), index=1
+  %ag = bf16[32,128]{1,0} all-gather(%x), channel_id=3, dimensions={0}, metadata={op_name="s/ag"}
+  ROOT %t = (s32[], f32[8,128]{1,0}) tuple(%i, %x)
+}
+
+%all-reduce-scatter.1 (a: f32[64]) -> f32[16] {
+  %a = f32[64]{0} parameter(0)
+  %ar = f32[64]{0} all-reduce(%a), channel_id=7, to_apply=%add
+  ROOT %ds = f32[16]{0} dynamic-slice(%ar, %c), dynamic_slice_sizes={16}
+}
+
+ENTRY %main (x: f32[8,128]) -> f32[8,128] {
+  %x = f32[8,128]{1,0} parameter(0)
+  %s = f32[8,128]{1,0} all-reduce-start(%x), channel_id=5, to_apply=%add
+  %d = f32[8,128]{1,0} all-reduce-done(%s), channel_id=5
+  %w = (s32[], f32[8,128]{1,0}) while(%t0), condition=%cond, body=%body
+  %f = f32[16]{0} fusion(%y), kind=kCustom, calls=%all-reduce-scatter.1
+  ROOT %r = f32[8,128]{1,0} add(%d, %d)
+}
+"""
+
+
+def test_collectives_by_kind_with_trip_counts():
+    summary = hlo.collective_summary(hlo.collectives(HLO))
+    assert summary["all-gather"] == {"count": 12, "bytes": 12 * 32 * 128 * 2, "largest_bytes": 8192}
+    assert summary["all-reduce"]["count"] == 1  # start and done: one collective
+    assert summary["all-reduce"]["bytes"] == 8 * 128 * 4
+    assert summary["reduce-scatter"]["count"] == 1
+    assert summary["all-to-all"]["count"] == 0
+    gathers = [c for c in hlo.collectives(HLO) if c.kind == "all-gather"]
+    assert gathers[0].op_name == "s/ag"
+
+
+def test_shape_bytes():
+    assert hlo.shape_bytes("(f32[2,3]{1,0}, bf16[4]{0}, pred[])") == 24 + 8 + 1
+    assert hlo.shape_bytes("s4[8]") == 4
+
+
+def test_out_of_memory_messages():
+    message = (
+        "RESOURCE_EXHAUSTED: XLA:TPU compile permanent error. Ran out of memory in memory space "
+        "hbm. Used 20.50G of 15.75G hbm. Exceeded hbm capacity by 4.75G."
+    )
+    need, have = report.out_of_memory(message)
+    assert need == int(20.5 * GiB) and have == int(15.75 * GiB)
+    assert report.out_of_memory("INTERNAL: something else") is None
+
+
+def test_verdict_and_roofline():
+    assert report.verdict(GiB, 2 * GiB) == "fits"
+    assert report.verdict(3 * GiB, 2 * GiB) == "does not fit by 1.00 GiB"
+    chip = chip_of("v5e:4x4")
+    assert chip is CHIPS["v5e"] and chip.hbm_bytes == 16 * GiB
+    compute_bound = report.roofline(chip.peak_bf16_flops, 1.0, chip)
+    assert compute_bound["bound"] == "compute" and compute_bound["mfu"] == pytest.approx(1.0)
+    memory_bound = report.roofline(1.0, 2 * chip.hbm_bytes_per_s, chip)
+    assert memory_bound["bound"] == "memory"
+    assert memory_bound["step_seconds"] == pytest.approx(2.0)
+    assert "estimate" in memory_bound["note"] and "not measured" in memory_bound["note"]
+
+
+def test_usage_errors_are_one_line():
+    run = subprocess.run(
+        [sys.executable, "-m", "f3_jax.aot_compile", "--topology=v5e:2x2"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert run.returncode == 2, run.stderr
+    assert run.stderr.strip() == "error: --config is required (a configs/*.py file)"
+
+
+@pytest.mark.parametrize("name", ["v7:2x2", "v5e", "v5e:2x2x", "tpu:4x4", ""])
+def test_topology_names_are_checked_before_anything_is_built(name):
+    with pytest.raises(UsageError, match="expected <chip>:<shape>"):
+        check_topology(name)
+    check_topology("v5p:4x4x4")
