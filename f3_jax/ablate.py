@@ -31,15 +31,23 @@ from absl import flags, logging
 from f3_jax import cli, storage
 from f3_jax.errors import UsageError
 
-_CONFIG = flags.DEFINE_string("config", None, "The config file every variant starts from.")
-_VARIANT = flags.DEFINE_multi_string("variant", [], "NAME:KEY=VALUE,... (repeat per variant).")
-_SET = flags.DEFINE_multi_string("set", [], "KEY=VALUE applied to every variant.")
-_STEPS = flags.DEFINE_integer("steps", None, "Training steps of every variant.")
-_OUT = flags.DEFINE_string("out", None, "Directory of the variants' workdirs and the report.")
-_EVAL_MAX_EXAMPLES = flags.DEFINE_integer(
-    "eval_max_examples", None, "Eval's --max_examples (default: the config's)."
-)
-_PRINT_ONLY = flags.DEFINE_bool("print_only", False, "Print and write the commands; run none.")
+_CONFIG = _VARIANT = _SET = _STEPS = _OUT = _EVAL_MAX_EXAMPLES = _PRINT_ONLY = None
+
+
+def define_flags() -> None:
+    """The CLI's flags, defined only when run as a program: tests import this module beside
+    f3_jax.eval, whose --config would collide."""
+    global _CONFIG, _VARIANT, _SET, _STEPS, _OUT, _EVAL_MAX_EXAMPLES, _PRINT_ONLY
+    _CONFIG = flags.DEFINE_string("config", None, "The config file every variant starts from.")
+    _VARIANT = flags.DEFINE_multi_string("variant", [], "NAME:KEY=VALUE,... (repeat per variant).")
+    _SET = flags.DEFINE_multi_string("set", [], "KEY=VALUE applied to every variant.")
+    _STEPS = flags.DEFINE_integer("steps", None, "Training steps of every variant.")
+    _OUT = flags.DEFINE_string("out", None, "Directory of the variants' workdirs and the report.")
+    _EVAL_MAX_EXAMPLES = flags.DEFINE_integer(
+        "eval_max_examples", None, "Eval's --max_examples (default: the config's)."
+    )
+    _PRINT_ONLY = flags.DEFINE_bool("print_only", False, "Print and write the commands; run none.")
+
 
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 _KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
@@ -138,4 +146,5 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
+    define_flags()
     cli.run(main)

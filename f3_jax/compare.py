@@ -18,11 +18,21 @@ from f3_jax import cli
 from f3_jax.errors import UsageError
 from f3_jax.evaluation.compare import compare
 
-_OUT = flags.DEFINE_string("out", None, "Directory of the comparison report.")
-_NAMES = flags.DEFINE_list("names", None, "The runs' names (default: the workdirs' basenames).")
-_SPLIT = flags.DEFINE_string("split", None, "Split (default: the first evaluated in every run).")
-_STEP = flags.DEFINE_integer("step", None, "Compare the last evaluation at or before this step.")
-_TITLE = flags.DEFINE_string("title", "", "The report's title.")
+_OUT = _NAMES = _SPLIT = _STEP = _TITLE = None
+
+
+def define_flags() -> None:
+    """The CLI's flags, defined only when run as a program (tests import the module)."""
+    global _OUT, _NAMES, _SPLIT, _STEP, _TITLE
+    _OUT = flags.DEFINE_string("out", None, "Directory of the comparison report.")
+    _NAMES = flags.DEFINE_list("names", None, "The runs' names (default: the workdirs' basenames).")
+    _SPLIT = flags.DEFINE_string(
+        "split", None, "Split (default: the first evaluated in every run)."
+    )
+    _STEP = flags.DEFINE_integer(
+        "step", None, "Compare the last evaluation at or before this step."
+    )
+    _TITLE = flags.DEFINE_string("title", "", "The report's title.")
 
 
 def main(argv) -> None:
@@ -41,4 +51,5 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
+    define_flags()
     cli.run(main)
