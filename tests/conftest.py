@@ -13,8 +13,27 @@ if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "")
     ).strip()
 
 
-# ---- the train CLI runs shared by test_train_cli.py and test_multiprocess.py -----------------
+import pathlib  # noqa: E402
+
 import pytest  # noqa: E402
+
+_SUBPROCESS_WORDS = ("subprocess", "run_cli", "cli_setup", "cli_reference")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Marks `cli` the tests of every file that runs the command lines (or other scripts) as
+    subprocesses: `-m "not cli"` is the fast unit run, `-m cli` the integration run."""
+    uses_subprocesses: dict[pathlib.Path, bool] = {}
+    for item in items:
+        path = pathlib.Path(str(item.fspath))
+        if path not in uses_subprocesses:
+            text = path.read_text(encoding="utf-8")
+            uses_subprocesses[path] = any(word in text for word in _SUBPROCESS_WORDS)
+        if uses_subprocesses[path]:
+            item.add_marker(pytest.mark.cli)
+
+
+# ---- the train CLI runs shared by test_train_cli.py and test_multiprocess.py -----------------
 
 
 @pytest.fixture(scope="session")
