@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import gc
 import json
 import logging as std_logging
 import os
@@ -74,23 +73,17 @@ def unreadable_file(error: BaseException, directory) -> str:
 
 
 @contextlib.contextmanager
-def quiet_orbax_errors(grace_s: float = 0.5):
+def quiet_orbax_errors():
     """Orbax and asyncio log every failed read of a broken checkpoint at ERROR, tracebacks
-    and all, and tensorstore prints more to stderr itself (see f3_jax/stderr_noise.py); the
-    caller reports the failure in one line. After a failure the reads still in flight get
-    `grace_s` seconds to finish and their futures are collected while all this is muted."""
+    and all, and tensorstore prints more to stderr itself (f3_jax/stderr_noise.py); the
+    caller reports the failure in one line."""
     loggers = [std_logging.getLogger(n) for n in ("absl", "asyncio", "orbax", "jax")]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
         lg.setLevel(std_logging.CRITICAL)
     try:
         with asyncio_noise_dropped():
-            try:
-                yield
-            except BaseException:
-                time.sleep(grace_s)
-                gc.collect()  # "Future exception was never retrieved" is logged here
-                raise
+            yield
     finally:
         for lg, level in zip(loggers, levels):
             lg.setLevel(level)
