@@ -157,10 +157,20 @@ def constrain_batch(x: jax.Array) -> jax.Array:
     mesh = jax.sharding.get_abstract_mesh()
     if mesh.empty or not set(BATCH_AXES) <= set(mesh.axis_names):
         return x
-    shards = int(np.prod([mesh.shape[a] for a in BATCH_AXES]))
+    shards = batch_shards(mesh)
     if shards == 1 or x.ndim == 0 or x.shape[0] % shards:
         return x
     return jax.lax.with_sharding_constraint(x, PartitionSpec(BATCH_AXES))
+
+
+def batch_shards(mesh) -> int:
+    """Into how many parts the batch axes ("data", "fsdp") of `mesh` split a batch."""
+    return int(np.prod([mesh.shape[a] for a in BATCH_AXES]))
+
+
+def local_batch_shards(mesh: Mesh) -> int:
+    """The batch parts one process holds: a multiple of which its eval batches have rows."""
+    return max(1, batch_shards(mesh) // jax.process_count())
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

@@ -181,6 +181,27 @@ def test_eval_batches_agree_across_processes(corpus):
     assert sum(b["valid"].sum() for b in few) == 3
 
 
+def test_a_split_smaller_than_a_batch_gets_just_enough_rows(corpus):
+    """Evaluating 3 clips with eval_batch_size=8 runs 3 rows (4 on two devices), not 8; a
+    bucket of more than one batch keeps full batches; processes agree on the shapes."""
+    cfg = _cfg(corpus, eval_bucket_seconds=(2.0,))  # one bucket holds every clip
+
+    def shapes(**kw):
+        batches = list(eval_batches(cfg, sample_rate=SR, split="valid", **kw))
+        if "process_count" not in kw:
+            assert sum(b["valid"].sum() for b in batches) == min(7, kw.get("max_examples") or 7)
+        return [b["audio"].shape[0] for b in batches]
+
+    assert shapes(batch_size=8, max_examples=3) == [3]
+    assert shapes(batch_size=8, max_examples=3, row_multiple=2) == [4]
+    assert shapes(batch_size=8) == [7]
+    assert shapes(batch_size=4) == [4, 4]  # more than one batch: full batches
+    per = [
+        shapes(batch_size=8, max_examples=3, process_index=p, process_count=2) for p in (0, 1)
+    ]
+    assert per == [[2], [2]]
+
+
 @pytest.mark.slow
 def test_worker_processes_give_the_same_batches(corpus):
     want = [next(it) for it in [iter(_ds(_cfg(corpus)))] for _ in range(4)]

@@ -110,6 +110,9 @@ def _assert_evaluated(workdir: Path) -> None:
     assert (workdir / "eval" / "report.md").is_file()
     results = json.loads((workdir / "eval" / "metrics.json").read_text())
     assert results, "eval wrote no metrics"
+    # a metric the split is too small for is left out with a reason, never written as NaN
+    bad = [k for step in results.values() for k, v in step.items() if not np.isfinite(v)]
+    assert not bad, f"non-finite metrics: {bad}"
 
 
 def test_stage1_train_tokenize_eval(chain, corpus):

@@ -4,7 +4,10 @@ Each of the first `max_examples` records of the split is cut to data.eval_max_se
 the longest bucket) and assigned the shortest of data.eval_bucket_seconds that holds it. Buckets
 are visited shortest first; each is cut into global batches of batch_size * process_count
 utterances, of which process p takes rows [p * batch_size, (p + 1) * batch_size). Rows short of
-a full batch are masked-out dummies with `valid` = 0. Every process computes the same plan, so all
+a full batch are masked-out dummies with `valid` = 0. A bucket that holds fewer utterances than
+one global batch gets a batch of just enough rows (rounded up to `row_multiple` per process, the
+process's devices on the batch axes): evaluating 2 clips with data.eval_batch_size=8 runs the
+model on 2 rows, not 8. Every process computes the same plan, so all
 run the same number of batches with the same shapes (a jit eval step compiles once per bucket).
 
 Batch keys: `audio` (B, L) float32, `mask` (B, L), `valid` (B,) float32, `text`, `id` (B,)
@@ -114,6 +117,15 @@ def check_eval_split(data_cfg, sample_rate: int, split: str | None = None) -> in
     return len(src.source)
 
 
+def fitted_rows(members: int, batch_size: int, process_count: int, row_multiple: int) -> int:
+    """Rows per process of a bucket's batches: batch_size, or fewer when the whole bucket fits
+    in one global batch (each process the same number, a multiple of row_multiple)."""
+    if members >= batch_size * process_count:
+        return batch_size
+    per_process = -(-members // process_count)
+    return min(batch_size, -(-per_process // row_multiple) * row_multiple)
+
+
 def eval_batches(
     data_cfg,
     *,
@@ -123,8 +135,10 @@ def eval_batches(
     process_index: int = 0,
     process_count: int = 1,
     max_examples: int | None = None,
+    row_multiple: int = 1,
 ) -> Iterator[dict]:
-    """Deterministic eval batches of this process (batch_size per process); see the docstring."""
+    """Deterministic eval batches of this process (batch_size per process at most); see the
+    module docstring."""
     src = open_split(data_cfg, split, sample_rate)
     buckets, max_len = _bucket_lengths(data_cfg, sample_rate)
     n = len(src.source) if max_examples is None else min(len(src.source), max_examples)
@@ -133,11 +147,12 @@ def eval_batches(
     per_global = batch_size * process_count
     for length in plan.buckets:
         idx = plan.members[length]
+        rows_here = fitted_rows(len(idx), batch_size, process_count, row_multiple)
         for start in range(0, len(idx), per_global):
             chunk = idx[start : start + per_global]
-            rows = chunk[process_index * batch_size : (process_index + 1) * batch_size]
+            rows = chunk[process_index * rows_here : (process_index + 1) * rows_here]
             batch, failed = _batch(
-                src, rows, batch_size, length, max_len, sample_rate, plan.label_names
+                src, rows, rows_here, length, max_len, sample_rate, plan.label_names
             )
             skipped += failed
             batch["num_skipped"] = np.int64(skipped)

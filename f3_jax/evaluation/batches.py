@@ -10,8 +10,11 @@ import numpy as np
 from f3_jax import data, parallel
 
 
-def local_batches(config, split: str, batch_size: int, max_examples: int | None) -> Iterator[dict]:
-    """Deterministic numpy batches of a split (whole utterances, bucketed, padded rows invalid).
+def local_batches(
+    config, split: str, batch_size: int, max_examples: int | None, mesh
+) -> Iterator[dict]:
+    """Deterministic numpy batches of a split (whole utterances, bucketed, padded rows invalid;
+    a split smaller than a batch gets fewer rows, a multiple of the mesh's batch shards).
 
     The eval binary is one process over the local devices, so this process reads every batch.
     """
@@ -21,6 +24,7 @@ def local_batches(config, split: str, batch_size: int, max_examples: int | None)
         split=split,
         batch_size=batch_size,
         max_examples=max_examples,
+        row_multiple=parallel.local_batch_shards(mesh),
     )
 
 

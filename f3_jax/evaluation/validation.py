@@ -26,6 +26,7 @@ def run_validation(trainer, config, state, step: int, writer) -> dict[str, float
         process_index=jax.process_index(),
         process_count=jax.process_count(),
         max_examples=config.data.eval_max_examples,
+        row_multiple=parallel.local_batch_shards(mesh),
     )
     for i, local in enumerate(batches):
         host = trainer.host_batch(local) | {"valid": local["valid"]}

@@ -27,6 +27,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 
 from f3_jax.data import DataError
 from f3_jax.dsp import frame_mask, mel_distance
@@ -155,7 +156,9 @@ class AutoencoderEvaluator:
         o = self.options
         parts, noisy_rows = [], 0
         total = split_size(self.config, o.split, o.max_examples)
-        batches = local_batches(self.config, o.split, o.batch_size, o.max_examples)
+        batches = local_batches(
+            self.config, o.split, o.batch_size, o.max_examples, self.trainer.mesh
+        )
         with progress.phase("reconstruction metrics", total) as advance:
             for i, local in enumerate(batches):
                 # The robustness curve decodes len(SIGMAS) - 1 more times: first batches only.
@@ -185,6 +188,14 @@ class AutoencoderEvaluator:
         with progress.phase("generability (small AR model on the latents)", len(seqs)) as advance:
             result = generability(seqs, self.budget)
             advance(len(seqs))
+        if not result["num_test"]:  # too little latent to hold some out: no number, a reason
+            logging.info(
+                "generability not measured: it needs two utterances of %d frames or more, and "
+                "the split gives %d",
+                2 * self.budget.patch_frames,
+                sum(len(z) >= 2 * self.budget.patch_frames for z in seqs),
+            )
+            result = {k: v for k, v in result.items() if np.isfinite(v)}
         scalars |= {f"generability/{k}": v for k, v in result.items()}
         return scalars, summary, [absolute, relative]
 

@@ -55,9 +55,8 @@ class FlowEvaluator:
         texts, ids, originals = [], [], []
         progress = EvalProgress(step, split)
         total = split_size(self.config, split, self.options.max_examples)
-        batches = local_batches(
-            self.config, split, self.options.batch_size, self.options.max_examples
-        )
+        o = self.options
+        batches = local_batches(self.config, split, o.batch_size, o.max_examples, self.trainer.mesh)
         with progress.phase("teacher-forced metrics", total) as advance:
             for local in batches:
                 host = t.host_batch(local) | {"valid": local["valid"]}

@@ -76,7 +76,9 @@ class RepresentationEvaluator:
 
     # ---- pieces --------------------------------------------------------------------------
     def _batches(self, split: str, max_examples: int | None):
-        return local_batches(self.config, split, self.options.batch_size, max_examples)
+        return local_batches(
+            self.config, split, self.options.batch_size, max_examples, self.trainer.mesh
+        )
 
     def _repr_features(self, state: dict, batch: dict) -> np.ndarray:
         r, fmask = self.trainer.represent(state, batch["audio"], batch["mask"])
