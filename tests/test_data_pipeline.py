@@ -196,9 +196,7 @@ def test_a_split_smaller_than_a_batch_gets_just_enough_rows(corpus):
     assert shapes(batch_size=8, max_examples=3, row_multiple=2) == [4]
     assert shapes(batch_size=8) == [7]
     assert shapes(batch_size=4) == [4, 4]  # more than one batch: full batches
-    per = [
-        shapes(batch_size=8, max_examples=3, process_index=p, process_count=2) for p in (0, 1)
-    ]
+    per = [shapes(batch_size=8, max_examples=3, process_index=p, process_count=2) for p in (0, 1)]
     assert per == [[2], [2]]
 
 
