@@ -140,3 +140,19 @@ def test_silent_crops_keep_the_stage1_loss_bounded_and_gradients_finite(single):
         _, m = _step(trainer, jax.device_put(host_init, trainer.shardings), quiet)
         assert m["loss/total"] < 8 * metrics["loss/total"], (scale, m)
         assert np.isfinite(m["grad_norm/model"]) and m["skipped/steps"] == 0, (scale, m)
+
+
+def test_term_grad_norms_only_when_asked(single):
+    """train.term_grad_norms: off (the default), log steps cost nothing more; on, each loss
+    term's gradient norm alone, finite and positive."""
+    config, trainer, host_init, _, _ = single
+    state = jax.device_put(host_init, trainer.shardings)
+    batch = parallel.global_batch(synthetic_batch(config), trainer.mesh)
+    assert not config.train.term_grad_norms and trainer.log_metrics(state, batch, 1) == {}
+    config.train.term_grad_norms = True
+    try:
+        norms = jax.device_get(trainer.log_metrics(state, batch, 1))
+    finally:
+        config.train.term_grad_norms = False
+    assert {"grad_norm/mel", "grad_norm/stft"} <= set(norms)
+    assert all(np.isfinite(v) and v > 0 for v in norms.values()), norms

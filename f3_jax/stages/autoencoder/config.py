@@ -87,6 +87,9 @@ def defaults() -> ml_collections.ConfigDict:
     c.train.steps = 400_000
     c.train.adversarial_start = 0  # discriminator off before this global step
     c.train.ema_decay = 0.0  # 0 disables the EMA of the generator
+    # On log steps, also the gradient norm of each loss term alone (grad_norm/mel, /stft, ...):
+    # one more backward pass per term, and its own compile (20 s for ae_demo on 2 CPU cores).
+    c.train.term_grad_norms = False
 
     # Eval's generability measure (metrics/generability.py): a small MLP trained for a fixed
     # budget to predict the next latent patch from the previous ones, the same for every variant.

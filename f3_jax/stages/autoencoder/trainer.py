@@ -247,7 +247,10 @@ class AutoencoderTrainer(Trainer):
         return norms
 
     def log_metrics(self, state: dict, batch: dict, step: int) -> dict:
-        """The gradient norm of each loss term alone (a diagnostic, on log steps only)."""
+        """The gradient norm of each loss term alone (a diagnostic, on log steps only, when
+        train.term_grad_norms is set)."""
+        if not self.config.train.get("term_grad_norms", False):
+            return {}
         on = self.adversarial_on(step)
         if on not in self._grad_norm_jits:
             s = self.shardings
