@@ -20,6 +20,7 @@ from ml_collections import config_flags
 
 from f3_jax import checkpoint, cli, data, distributed, parallel, stages
 from f3_jax import config as config_lib
+from f3_jax.aot.first_step import FirstStep
 from f3_jax.errors import UsageError
 from f3_jax.evaluation.validation import run_validation
 from f3_jax.parallel import to_host
@@ -130,11 +131,12 @@ def train_locked(config, workdir: str) -> None:
     if restored:
         logging.info("resuming from %s/%d", ckpt.directory, start)
         log_config_changes(restored.config.get("config", {}), config)
+    first_step = FirstStep(trainer, start) if start < train_t.steps else None
     data_iter = open_train_data(config, trainer, restored)
     state = restored.state if restored else trainer.initial_state()
     logging.info(
         "%s: %.1f M trained parameters, batch %d x %g s, steps %d to %d; "
-        "the first step compiles the train step first",
+        "the train step compiles meanwhile",
         config.stage,
         trainer.parameter_count() / 1e6,
         train_t.batch_size,
@@ -152,7 +154,7 @@ def train_locked(config, workdir: str) -> None:
         writer.text(0, "config", "```\n" + str(config) + "\n```")
     saver = StepSaver(trainer, config, ckpt, workdir, start)
     try:
-        run_steps(trainer, config, state, start, batches, saver, writer)
+        run_steps(trainer, config, state, start, batches, saver, writer, first_step)
     finally:
         # Runs on errors too: an async save left running at interpreter shutdown fails with
         # "cannot schedule new futures after shutdown" and may leave a partial step behind.
@@ -197,8 +199,12 @@ def log_config_changes(saved: dict, config) -> None:
         logging.warning("resuming with a changed config: %s", "; ".join(changed))
 
 
-def run_steps(trainer, config, state, start, batches: DevicePrefetch, saver, writer) -> None:
-    """Step / log / checkpoint / validate from `start` until train.steps or a stop request."""
+def run_steps(
+    trainer, config, state, start, batches: DevicePrefetch, saver, writer, first_step=None
+) -> None:
+    """Step / log / checkpoint / validate from `start` until train.steps or a stop request.
+    `first_step`: the train step compiling on a thread (f3_jax.aot.first_step), awaited
+    before the first step."""
     train_t = config.train
     progress = Progress(
         train_t.steps,
@@ -219,6 +225,8 @@ def run_steps(trainer, config, state, start, batches: DevicePrefetch, saver, wri
 
     # intact: `state` is the whole state after step `done`, and data_state the data's then
     done, intact, data_state = start, True, batches.saved_state()
+    if first_step is not None:
+        first_step.wait()
     try:
         for step in range(start, train_t.steps):
             local, batch = next(batches)

@@ -100,13 +100,22 @@ def train_step_of(config) -> int:
     return int(config.train.get("adversarial_start", 0))
 
 
-def _train(trainer) -> Program:
+def train_batch(trainer) -> tuple[dict, str]:
+    """The global train batch's shapes, as the data pipeline gives them to the step (latents
+    of the crop with data.latent_cache in stages 2 and 3, else audio), and which it is."""
     config = trainer.config
     b, n = config.train.batch_size, trainer.crop
     cached = bool(config.data.get("latent_cache", "")) and "text_ids" in trainer.batch_keys
-    batch = latent_batch(trainer, b) if cached else audio_batch(trainer, b, n)
+    if cached:
+        return latent_batch(trainer, b), "latent-cache batch"
+    return audio_batch(trainer, b, n), "global batch"
+
+
+def _train(trainer) -> Program:
+    config = trainer.config
+    b, n = config.train.batch_size, trainer.crop
+    batch, source = train_batch(trainer)
     step = train_step_of(config)
-    source = "latent-cache batch" if cached else "global batch"
 
     def flops() -> float:
         return trainer.step_flops(trainer.abstract_state(), batch, step)
