@@ -4,13 +4,13 @@ against the working tree's, and DAC's step beside them (benchmarks/peer_codec.py
     python benchmarks/ab_layers.py --before stages            # ae_24k size, 3 rounds
     python benchmarks/ab_layers.py --before HEAD~1 --size tiny --batch 2 --seconds 0.2
 
-`--before REV`: f3_jax/models/layers.py as it is at REV (read with `git show`), put in place
-of the working tree's Snake, WNConv1d and WNConvTranspose1d in f3_jax.models.autoencoder
+`--before REV` (repeatable): f3_jax/models/layers.py as it is at REV (read with `git show`),
+put in place of the working tree's Snake, WNConv1d and WNConvTranspose1d in the autoencoder
 while the "before" step traces; everything else (model, loss, optimizer, data) is shared.
 Each step runs once untimed, then `--rounds` rounds of one call each (round robin with DAC's
 step when descript-audio-codec is installed: --nopeer leaves it out). Prints min / median /
-max, the ratio before / after (> 1: the change helps) and each against DAC, and the
-difference of the two first-step losses (float rounding only, or the change is wrong).
+max, the ratio of each variant to the next (> 1: the change helps) and DAC's to each, and
+the differences of the first-step losses (float rounding only, or the change is wrong).
 """
 
 from __future__ import annotations
@@ -61,17 +61,19 @@ def layers_in_place(module: types.ModuleType):
             setattr(autoencoder, name, value)
 
 
-def run(before: str, size="full", batch=8, seconds=1.0, rounds=3, peer=True) -> dict:
+def run(befores, size="full", batch=8, seconds=1.0, rounds=3, peer=True) -> dict:
+    """Steps with the layers of each revision in `befores`, then the working tree's."""
     config = peer_codec.f3_config(size)
     sr, hop = int(config.sample_rate), int(config.model.hop)
     wav, clip = peer_codec.inputs(batch, seconds, 1.0, sr, hop)
     variables = peer_codec.f3_variables(config)
     wav_dev = jax.device_put(wav)
     tasks, first = {}, {}
-    with layers_in_place(layers_at(before)):
-        step, _, _ = peer_codec.f3_step(config, variables)
-        first["before"] = step(wav_dev)  # traces and compiles with the old layers
-    tasks["before"] = lambda step=step: step(wav_dev)
+    for rev in befores:
+        with layers_in_place(layers_at(rev)):
+            step, _, _ = peer_codec.f3_step(config, variables)
+            first[rev] = step(wav_dev)  # traces and compiles with that revision's layers
+        tasks[rev] = lambda step=step: step(wav_dev)
     step, _, _ = peer_codec.f3_step(config, variables)
     first["after"] = step(wav_dev)
     tasks["after"] = lambda step=step: step(wav_dev)
@@ -86,30 +88,31 @@ def run(before: str, size="full", batch=8, seconds=1.0, rounds=3, peer=True) -> 
             times[name].append(peer_codec.timed_call(fn)[0])
     rows = {name: peer_codec.stats(t) for name, t in times.items()}
     med = {name: r["median"] for name, r in rows.items()}
-    ratios = {"before / after": med["before"] / med["after"]}
+    names = [*befores, "after"]
+    ratios = {f"{a} / {b}": med[a] / med[b] for a, b in zip(names, names[1:])}
     if "dac" in med:
-        ratios |= {"dac / before": med["dac"] / med["before"]}
-        ratios |= {"dac / after": med["dac"] / med["after"]}
-    loss_diff = abs(first["before"] - first["after"])
-    return {"rows": rows, "ratios": ratios, "first_losses": first, "loss_diff": loss_diff}
+        ratios |= {f"dac / {n}": med["dac"] / med[n] for n in names}
+    diffs = {f"{a} - {b}": abs(first[a] - first[b]) for a, b in zip(names, names[1:])}
+    return {"rows": rows, "ratios": ratios, "first_losses": first, "loss_diffs": diffs}
 
 
-def report(f: dict, before: str) -> str:
+def report(f: dict) -> str:
     lines = [f"{'step':<22} {'min s':>8} {'median s':>9} {'max s':>8}"]
-    names = {"before": f"before ({before})", "after": "after (working tree)", "dac": "dac"}
     for name, r in f["rows"].items():
-        lines.append(f"{names[name]:<22} {r['min']:8.3f} {r['median']:9.3f} {r['max']:8.3f}")
-    lines += [f"ratio {k:<16} {v:6.3f}" for k, v in f["ratios"].items()]
-    lines.append(
-        f"first-step losses {f['first_losses']['before']:.7g} / {f['first_losses']['after']:.7g}"
-        f" (|diff| {f['loss_diff']:.3g})"
-    )
+        name = "after (working tree)" if name == "after" else name
+        lines.append(f"{name:<22} {r['min']:8.3f} {r['median']:9.3f} {r['max']:8.3f}")
+    lines += [f"ratio {k:<24} {v:6.3f}" for k, v in f["ratios"].items()]
+    losses = ", ".join(f"{k} {v:.9g}" for k, v in f["first_losses"].items())
+    lines.append(f"first-step losses: {losses}")
+    lines += [f"|loss {k}| {v:.3g}" for k, v in f["loss_diffs"].items()]
     return "\n".join(lines)
 
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--before", required=True, help="git revision of the 'before' layers")
+    p.add_argument(
+        "--before", action="append", required=True, help="git revision of 'before' layers (repeat)"
+    )
     p.add_argument("--size", choices=sorted(peer_codec.SIZES), default="full")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--seconds", type=float, default=1.0)
@@ -117,8 +120,8 @@ def main(argv=None) -> None:
     p.add_argument("--nopeer", action="store_true")
     a = p.parse_args(argv)
     f = run(a.before, a.size, a.batch, a.seconds, a.rounds, not a.nopeer)
-    print(report(f, a.before))
-    if not np.isfinite(f["loss_diff"]):
+    print(report(f))
+    if not all(np.isfinite(v) for v in f["loss_diffs"].values()):
         sys.exit("non-finite losses")
 
 
