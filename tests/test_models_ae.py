@@ -289,25 +289,6 @@ def test_transposed_conv_matches_scatter_definition(stride):
     np.testing.assert_allclose(y[0], expected, atol=1e-5)
 
 
-@pytest.mark.parametrize("stride", [2, 3, 4, 10])
-def test_strided_conv_as_frames_equals_the_strided_convolution(stride):
-    """The encoder's kernel-2s, stride-s convolution in its space-to-depth form: the same
-    values and gradients as lax's strided convolution, up to float rounding."""
-    from jax import lax
-
-    from f3_jax.models.layers import _CONV1D, _strided_as_frames
-
-    x = jax.random.normal(jax.random.key(0), (2, 6 * stride, 3))
-    w = jax.random.normal(jax.random.key(1), (2 * stride, 3, 5))
-    pad = (strided_padding(stride),)
-    strided = lambda x, w: lax.conv_general_dilated(x, w, (stride,), pad, dimension_numbers=_CONV1D)
-    np.testing.assert_allclose(_strided_as_frames(x, w, stride), strided(x, w), atol=1e-5)
-    loss_a = lambda x, w: jnp.sum(jnp.sin(strided(x, w)))
-    loss_b = lambda x, w: jnp.sum(jnp.sin(_strided_as_frames(x, w, stride)))
-    for a, b in zip(jax.grad(loss_a, (0, 1))(x, w), jax.grad(loss_b, (0, 1))(x, w)):
-        np.testing.assert_allclose(b, a, atol=1e-5)
-
-
 def test_fast_sin_within_float_rounding_of_sin():
     """Snake's sine on CPU (`fast_sin`): within 1.2e-7 of sin (float32's rounding at 1 is
     6e-8), its derivative cos as closely, over the range activations reach and far past it."""

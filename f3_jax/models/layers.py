@@ -71,7 +71,7 @@ class WNConv1d(nn.Module):
     """Weight-normalized 1-D convolution with explicit (left, right) padding.
 
     padding=None means "same" for stride 1 and the exact L // stride padding of
-    `strided_padding` for kernel 2*stride (computed by `_strided_as_frames`).
+    `strided_padding` for kernel 2*stride.
     """
 
     features: int
@@ -87,12 +87,12 @@ class WNConv1d(nn.Module):
         shape = (self.kernel_size, x.shape[-1], self.features)
         kernel = _weight_norm_params(self, shape, _KERNEL_1D)
         pad = self.padding
-        if pad is None and self.stride > 1 and self.kernel_size == 2 * self.stride:
-            y = _strided_as_frames(x.astype(self.dtype), kernel.astype(self.dtype), self.stride)
-            bias = _bias(self, self.features, self.use_bias)
-            return y if bias is None else y + bias.astype(self.dtype)
         if pad is None:
-            pad = same_padding(self.kernel_size, self.dilation)
+            pad = (
+                same_padding(self.kernel_size, self.dilation)
+                if self.stride == 1
+                else strided_padding(self.stride)
+            )
         y = lax.conv_general_dilated(
             x.astype(self.dtype),
             kernel.astype(self.dtype),
@@ -103,23 +103,6 @@ class WNConv1d(nn.Module):
         )
         bias = _bias(self, self.features, self.use_bias)
         return y if bias is None else y + bias.astype(self.dtype)
-
-
-def _strided_as_frames(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
-    """The kernel-2s, stride-s convolution with `strided_padding` as a kernel-2, stride-1
-    convolution over frames of s samples (space to depth): y[n] = sum over m < 2s of
-    xp[n s + m] w[m] = sum over j < 2 of frame[n + j] . w[j s : (j + 1) s]. The same products;
-    its input gradient is a plain convolution, where the strided form's is one over a
-    zero-stuffed gradient (s times the work; it dominated the encoder's backward on CPU)."""
-    b, length, c = x.shape
-    if length % stride:
-        raise ValueError(f"length {length} is not a multiple of stride {stride}")
-    xp = jnp.pad(x, ((0, 0), strided_padding(stride), (0, 0)))
-    frames = xp.reshape(b, length // stride + 1, stride * c)
-    w = kernel.reshape(2, stride * c, kernel.shape[-1])
-    return lax.conv_general_dilated(
-        frames, w, window_strides=(1,), padding=((0, 0),), dimension_numbers=_CONV1D
-    )
 
 
 class WNConvTranspose1d(nn.Module):
