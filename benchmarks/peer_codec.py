@@ -87,7 +87,8 @@ def f3_variables(config) -> dict:
 
 
 def f3_step(config, variables: dict):
-    """(step(wav) -> loss, persistent bytes, compiled temporaries bytes): the matched step."""
+    """(step(wav) -> loss, persistent bytes, fn(wav) -> XLA temporaries bytes): the matched
+    step."""
     model = Autoencoder.from_config(config)
     sr = int(config.sample_rate)
     tx = optax.adamw(ADAMW["lr"], *ADAMW["betas"], weight_decay=ADAMW["weight_decay"])
@@ -291,19 +292,26 @@ def inputs(batch: int, seconds: float, clip_seconds: float, sample_rate: int, ho
     return wav.astype(np.float32), clip.astype(np.float32)
 
 
-def run(size="full", batch=8, seconds=1.0, clip_seconds=10.0, rounds=5, chunk_frames=500):
-    """The figures: per task and codec min / median / max seconds, audio-s/s and memory."""
+def run(
+    size="full", batch=8, seconds=1.0, clip_seconds=10.0, rounds=5, chunk_frames=500, step=True
+):
+    """The figures: per task and codec min / median / max seconds, audio-s/s and memory.
+    step=False: the codec tasks only (encode, decode, windowed decode)."""
     import torch
 
     config = f3_config(size)
     sr, hop = int(config.sample_rate), int(config.model.hop)
     wav, clip = inputs(batch, seconds, clip_seconds, sr, hop)
     variables = f3_variables(config)
-    step, f3_bytes, temp = f3_step(config, variables)
-    wav_dev = jax.device_put(wav)
-    tasks = {"f3/step": lambda: step(wav_dev)}
-    dac, dac_bytes, dac_n = dac_tasks(size, wav, clip, sr)
-    tasks["dac/step"] = dac["step"]
+    tasks, temp, persistent = {}, None, {}
+    if step:
+        f3, persistent["f3/step"], temp_of = f3_step(config, variables)
+        wav_dev = jax.device_put(wav)
+        tasks["f3/step"] = lambda: f3(wav_dev)
+        temp = lambda: temp_of(wav_dev)
+    dac, persistent["dac/step"], dac_n = dac_tasks(size, wav, clip, sr)
+    if step:
+        tasks["dac/step"] = dac["step"]
     for name, fn in f3_codec(config, variables, clip, chunk_frames).items():
         tasks[f"f3/{name}"] = fn
         if name in dac:
@@ -314,11 +322,10 @@ def run(size="full", batch=8, seconds=1.0, clip_seconds=10.0, rounds=5, chunk_fr
     rows = {}
     for name, r in raw.items():
         s = stats(r["times"])
-        persistent = (f3_bytes if name == "f3/step" else dac_bytes) if "step" in name else 0
         rows[name] = s | {
             "audio_s_per_s": audio[name.split("/")[1]] / s["median"],
             "rss_rise_bytes": r["rise"],
-            "persistent_bytes": persistent,
+            "persistent_bytes": persistent.get(name, 0),
         }
     f3_params = sum(int(x.size) for x in jax.tree.leaves(variables["params"]))
     return {
@@ -330,7 +337,7 @@ def run(size="full", batch=8, seconds=1.0, clip_seconds=10.0, rounds=5, chunk_fr
         "versions": {"jax": jax.__version__, "torch": torch.__version__},
         "threads": {"torch": torch.get_num_threads(), "cpus": os.cpu_count()},
         "params_m": {"f3": f3_params / 1e6, "dac": dac_n / 1e6},
-        "xla_step_temp_bytes": temp(wav_dev),
+        "xla_step_temp_bytes": temp() if temp else None,
         "rows": rows,
         "ratios": ratios(rows),
     }
@@ -341,6 +348,8 @@ def ratios(rows: dict) -> dict:
     median over the direct call's (> 1: the windows cost that much)."""
     out = {}
     for task in ("step", "encode", "decode"):
+        if f"f3/{task}" not in rows:
+            continue
         out[f"{task}: dac / f3"] = rows[f"dac/{task}"]["median"] / rows[f"f3/{task}"]["median"]
     out["tokenizer decode / direct decode"] = (
         rows["f3/tokenizer_decode"]["median"] / rows["f3/decode"]["median"]
@@ -381,9 +390,10 @@ def main(argv=None) -> None:
     p.add_argument("--clip_seconds", type=float, default=10.0)
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--chunk_frames", type=int, default=500)
+    p.add_argument("--no_step", action="store_true", help="codec tasks only")
     p.add_argument("--json", default=None)
     a = p.parse_args(argv)
-    f = run(a.size, a.batch, a.seconds, a.clip_seconds, a.rounds, a.chunk_frames)
+    f = run(a.size, a.batch, a.seconds, a.clip_seconds, a.rounds, a.chunk_frames, not a.no_step)
     print(report(f))
     if a.json:
         with open(a.json, "w") as out:

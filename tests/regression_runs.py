@@ -9,6 +9,7 @@ workdirs (checkpoints and exports) that tests/test_stage_regression.py restores 
 from with the code of the day.
 
     python -m tests.regression_runs   # rewrites tests/golden/ (only when a change is meant)
+    python -m tests.regression_runs --records_only   # keeps the legacy workdirs
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import hashlib
 import json
 import os
 import shutil
-import sys
 from pathlib import Path
 
 import jax
@@ -179,29 +179,48 @@ def machine() -> str:
     return f"jax {jax.__version__} jaxlib {jaxlib.__version__} {flags}"
 
 
+def legacy_block(records: dict) -> dict:
+    """What tests/test_stage_regression.py checks of the workdirs in golden/legacy/: the
+    digests of the parameters they hold and of the flow workdir's generation."""
+    block = {stage: {"params": records[stage]["params"]} for stage in STAGES}
+    block["flow"]["generation"] = records["flow"]["generation"]
+    return block
+
+
+STAGES = ("autoencoder", "representation", "flow")
+
+
 def main() -> None:
     """--out FILE: the records as JSON (tests compare them with golden/stages.json); with no
-    flag, rewrite golden/ (records and legacy workdirs). Run with one CPU device (no forced
-    host device count): XLA:CPU's threading, hence float rounding, depends on it."""
+    flag, rewrite golden/ (records and legacy workdirs); --records_only: rewrite the records
+    and keep the legacy workdirs of earlier code (and their digests), for a change that moves
+    results by float rounding. Run with one CPU device (no forced host device count):
+    XLA:CPU's threading, hence float rounding, depends on it."""
     import argparse
     import tempfile
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", help="write the records here instead of rewriting golden/")
+    ap.add_argument("--records_only", action="store_true", help="keep golden/legacy/")
     args = ap.parse_args()
     jax.config.update("jax_platforms", "cpu")
     with tempfile.TemporaryDirectory() as root:
         records, _ = run_all(root)
-        records["machine"] = machine()
-        text = json.dumps(records, indent=1, sort_keys=True) + "\n"
-        if args.out:
-            Path(args.out).write_text(text)
-            return
-        GOLDEN.mkdir(exist_ok=True)
-        (GOLDEN / "stages.json").write_text(text)
-    with tempfile.TemporaryDirectory() as root:
-        write_legacy(root, GOLDEN / "legacy")
-    print(f"wrote {GOLDEN}/stages.json and {GOLDEN}/legacy/", file=sys.stderr)
+    records["machine"] = machine()
+    if args.out:
+        Path(args.out).write_text(json.dumps(records, indent=1, sort_keys=True) + "\n")
+        return
+    if args.records_only:
+        old = json.loads((GOLDEN / "stages.json").read_text())
+        records["legacy"] = old.get("legacy") or legacy_block(old)
+    else:
+        records["legacy"] = legacy_block(records)
+    GOLDEN.mkdir(exist_ok=True)
+    (GOLDEN / "stages.json").write_text(json.dumps(records, indent=1, sort_keys=True) + "\n")
+    if not args.records_only:
+        with tempfile.TemporaryDirectory() as root:
+            write_legacy(root, GOLDEN / "legacy")
+    print(f"wrote {GOLDEN}/stages.json" + ("" if args.records_only else " and legacy/"))
 
 
 if __name__ == "__main__":
