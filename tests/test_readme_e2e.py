@@ -92,8 +92,10 @@ def _sample_wav(chain) -> Path:
     return next((chain.root / "samples").glob("*.wav"))
 
 
-def _assert_trained(workdir: Path, valid_key: str) -> dict:
+def _assert_trained(workdir: Path, valid_key: str, log: str) -> dict:
     """The files a finished run writes; returns the last validation's metrics."""
+    # the train step compiled on a thread while the state was built (f3_jax/aot/first_step.py)
+    assert "the train step compiled in" in log, tail(log, 40)
     assert (workdir / "checkpoints" / str(STEPS)).is_dir()
     assert (workdir / "export" / "weights.safetensors").is_file()
     assert json.loads((workdir / "export" / "config.json").read_text())["step"] == STEPS
@@ -116,9 +118,9 @@ def _assert_evaluated(workdir: Path) -> None:
 
 
 def test_stage1_train_tokenize_eval(chain, corpus):
-    chain("ae_train", "f3_jax.train", "--config", "configs/ae_demo.py", "--workdir",
-          "runs/ae_demo", *COMMON)  # fmt: skip
-    _assert_trained(chain.root / "runs/ae_demo", "valid/mel_distance")
+    log = chain("ae_train", "f3_jax.train", "--config", "configs/ae_demo.py", "--workdir",
+                "runs/ae_demo", *COMMON)  # fmt: skip
+    _assert_trained(chain.root / "runs/ae_demo", "valid/mel_distance", log)
     wav = _sample_wav(chain)
     chain("encode", "f3_jax.tokenize", "encode", str(wav), "z.npy", "--workdir", "runs/ae_demo")
     z = np.load(chain.root / "z.npy")
@@ -139,7 +141,7 @@ def test_stage2_train_with_transcriptions_represent_eval(chain, corpus):
         "runs/repr_demo", "--config.autoencoder.workdir=runs/ae_demo", *COMMON,
         "--config.eval.max_new_tokens=6",
     )  # fmt: skip
-    valid = _assert_trained(chain.root / "runs/repr_demo", "valid/transcript/wer")
+    valid = _assert_trained(chain.root / "runs/repr_demo", "valid/transcript/wer", log)
     assert "valid/transcript/nll" in valid
     assert "validation at step 0" in log  # eval_at_start: transcribed before training too
     wav = _sample_wav(chain)
@@ -157,10 +159,10 @@ def test_stage3_train_generate_eval(chain, corpus):
         pytest.skip("stage 2 failed")
     workdirs = ["--config.autoencoder.workdir=runs/ae_demo",
                 "--config.representation.workdir=runs/repr_demo"]  # fmt: skip
-    chain("flow_train", "f3_jax.train", "--config", "configs/flow_demo.py", "--workdir",
-          "runs/flow_demo", *workdirs, *COMMON, "--config.eval.num_generate=1",
-          "--config.sampling.max_seconds=1.0")  # fmt: skip
-    _assert_trained(chain.root / "runs/flow_demo", "valid/flow/loss")
+    log = chain("flow_train", "f3_jax.train", "--config", "configs/flow_demo.py", "--workdir",
+                "runs/flow_demo", *workdirs, *COMMON, "--config.eval.num_generate=1",
+                "--config.sampling.max_seconds=1.0")  # fmt: skip
+    _assert_trained(chain.root / "runs/flow_demo", "valid/flow/loss", log)
     chain("generate_text", "f3_jax.generate", "--workdir", "runs/flow_demo", "--text",
           "Room 42 is on floor 7.", "--out", "say.wav", "--max_seconds", "1")  # fmt: skip
     assert sf.info(str(chain.root / "say.wav")).frames > 0
