@@ -202,9 +202,8 @@ def log_config_changes(saved: dict, config) -> None:
 def run_steps(
     trainer, config, state, start, batches: DevicePrefetch, saver, writer, first_step=None
 ) -> None:
-    """Step / log / checkpoint / validate from `start` until train.steps or a stop request.
-    `first_step`: the train step compiling on a thread (f3_jax.aot.first_step), awaited
-    before the first step."""
+    """Step / log / checkpoint / validate from `start` until train.steps or a stop request;
+    `first_step` (f3_jax.aot.first_step) is awaited before the first step."""
     train_t = config.train
     progress = Progress(
         train_t.steps,

@@ -66,6 +66,7 @@ SLOW_IN_CI = (
 _SAME_WORKER = {"test_train_cli.py": "train_cli", "test_multiprocess.py": "train_cli"}
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own hook reads the groups
 def pytest_collection_modifyitems(config, items):
     """Marks `cli` the tests of every file that runs the command lines (or other scripts) as
     subprocesses: `-m "not cli"` is the fast unit run, `-m cli` the integration run.
