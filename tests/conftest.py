@@ -64,6 +64,17 @@ SLOW_IN_CI = (
 # Files whose tests share session fixtures: one pytest-xdist worker runs them all, so that the
 # fixture (the train CLI's reference run) is made once.
 _SAME_WORKER = {"test_train_cli.py": "train_cli", "test_multiprocess.py": "train_cli"}
+# The longest groups first (seconds on 2 cores, 2026-12-01), so that the two workers end
+# together: run last, the README chain alone kept one worker busy for 7 minutes at the end.
+_LONGEST_FIRST = (
+    "test_readme_e2e.py",  # 470
+    "train_cli",  # 290
+    "test_train_ae.py",  # 150
+    "test_train_repr.py",  # 140
+    "test_train_flow.py",  # 120
+    "test_train_failures.py",  # 110
+    "test_eval.py",  # 100
+)
 
 
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own hook reads the groups
@@ -71,12 +82,14 @@ def pytest_collection_modifyitems(config, items):
     """Marks `cli` the tests of every file that runs the command lines (or other scripts) as
     subprocesses: `-m "not cli"` is the fast unit run, `-m cli` the integration run.
 
-    Under pytest-xdist (`-n 2 --dist loadgroup`, the README's test command) each file is one
-    group, run by one worker, so module fixtures are made once (see _SAME_WORKER)."""
+    Under pytest-xdist (`-n 2 --dist loadgroup --no-loadscope-reorder`, the README's test
+    command) each file is one group, run by one worker, so module fixtures are made once (see
+    _SAME_WORKER); the groups go out longest first (_LONGEST_FIRST: xdist's own reordering
+    would send them by their number of tests)."""
     uses_subprocesses: dict[pathlib.Path, bool] = {}
     for item in items:
         path = pathlib.Path(str(item.fspath))
-        item.add_marker(pytest.mark.xdist_group(_SAME_WORKER.get(path.name, path.name)))
+        item.add_marker(pytest.mark.xdist_group(_group(path)))
         if path not in uses_subprocesses:
             text = path.read_text(encoding="utf-8")
             uses_subprocesses[path] = any(word in text for word in _SUBPROCESS_WORDS)
@@ -84,6 +97,12 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.cli)
         if any(item.nodeid.startswith(prefix) for prefix in SLOW_IN_CI):
             item.add_marker(pytest.mark.slow)
+    rank = {name: i for i, name in enumerate(_LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(_group(pathlib.Path(str(item.fspath))), len(rank)))
+
+
+def _group(path: pathlib.Path) -> str:
+    return _SAME_WORKER.get(path.name, path.name)
 
 
 # ---- the train CLI runs shared by test_train_cli.py and test_multiprocess.py -----------------

@@ -509,3 +509,14 @@ def test_peer_codec_tiny():
     assert all(np.isfinite(v) and v > 0 for v in f["ratios"].values())
     assert 0.5 < f["params_m"]["f3"] / f["params_m"]["dac"] < 2  # the same size
     assert "ratio step: dac / f3" in peer_codec.report(f)
+
+
+def test_ci_runs_exactly_the_readme_test_command():
+    """.ci/run's command is the README's "Install and run the tests" line, character for
+    character: what CI proves is what a user runs."""
+    with open(os.path.join(ROOT, "README.md")) as f:
+        readme = f.read()
+    with open(os.path.join(ROOT, ".ci", "run")) as f:
+        ci_command = f.read().strip().splitlines()[-1]
+    section = readme.split("Install and run the tests", 1)[1].split("```bash\n", 1)[1]
+    assert section.split("\n", 1)[0] == ci_command
