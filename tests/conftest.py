@@ -58,6 +58,11 @@ SLOW_IN_CI = (
     "tests/test_train_ae.py::test_sharded_step_equals_single_device[data2_fsdp4]",
     "tests/test_train_failures.py::test_a_second_trainer_on_a_busy_workdir",  # test_workdir_lock
     "tests/test_cli_errors.py::test_user_error_is_one_line_with_status_2[demo_corpus_over_",
+    # 2026-12-02, 19.4 min on two workers: two more of 55-60 s. The README chain asserts the
+    # ahead-compiled first step in each stage's log (this one counts the compiles); the peer
+    # benchmark's tiny run needs torch, which CI does not install.
+    "tests/test_first_step.py::test_the_first_call_runs_the_program_compiled_ahead",
+    "tests/test_benchmarks.py::test_peer_codec_tiny",
 )
 
 
