@@ -7,8 +7,8 @@ utterances, of which process p takes rows [p * batch_size, (p + 1) * batch_size)
 a full batch are masked-out dummies with `valid` = 0. A bucket that holds fewer utterances than
 one global batch gets a batch of just enough rows (rounded up to `row_multiple` per process, the
 process's devices on the batch axes): evaluating 2 clips with data.eval_batch_size=8 runs the
-model on 2 rows, not 8. Every process computes the same plan, so all
-run the same number of batches with the same shapes (a jit eval step compiles once per bucket).
+model on 2 rows, not 8. Every process computes the same plan, so all run the same number of
+batches with the same shapes (a jit eval step compiles once per bucket).
 
 Batch keys: `audio` (B, L) float32, `mask` (B, L), `valid` (B,) float32, `text`, `id` (B,)
 object arrays, `label_<name>` (B,) float32 for each numeric label of the records (NaN where a

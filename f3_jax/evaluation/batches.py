@@ -6,12 +6,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import numpy as np
+from jax.sharding import Mesh
 
 from f3_jax import data, parallel
 
 
 def local_batches(
-    config, split: str, batch_size: int, max_examples: int | None, mesh
+    config, split: str, batch_size: int, max_examples: int | None, mesh: Mesh
 ) -> Iterator[dict]:
     """Deterministic numpy batches of a split (whole utterances, bucketed, padded rows invalid;
     a split smaller than a batch gets fewer rows, a multiple of the mesh's batch shards).
