@@ -15,7 +15,8 @@ with random weights, and times the same work for both:
     0.99, weight decay 0.01). f3_jax's step is one jitted program with donated state;
   - encode and decode of a `--clip_seconds` clip (10 s) at batch 1 (f3_jax: one jitted call on
     a device array; DAC: the modules under torch.inference_mode);
-  - f3_jax's windowed `Tokenizer.decode` (numpy in and out) against the direct call.
+  - f3_jax's windowed `Tokenizer.encode` and `.decode` (numpy in and out) against the direct
+    calls.
 
 Every task runs untimed first (WARMUP: f3_jax compiles, TorchScript profiles), then
 `--rounds` rounds each run every task once in turn (round robin: a change in the machine's
@@ -125,7 +126,7 @@ def compiled_temp(jitted, state, wav) -> float | None:
 
 def f3_codec(config, variables: dict, clip: np.ndarray, chunk_frames: int):
     """{task: fn}: direct encode / decode (device arrays, one jitted call) and the windowed
-    Tokenizer.decode of the same latents (numpy in and out)."""
+    Tokenizer.encode / .decode of the same clip and latents (numpy in and out)."""
     model = Autoencoder.from_config(config)
     enc = jax.jit(lambda v, x: model.apply(v, x, train=False, method=Autoencoder.encode)["z"])
     dec = jax.jit(lambda v, z: model.apply(v, z, method=Autoencoder.decode))
@@ -136,7 +137,8 @@ def f3_codec(config, variables: dict, clip: np.ndarray, chunk_frames: int):
     return {
         "encode": lambda: jax.block_until_ready(enc(variables, x)),
         "decode": lambda: jax.block_until_ready(dec(variables, z)),
-        "tokenizer_decode": lambda: tok.decode(z_np),
+        "tokenizer_encode": lambda: tok.encode(clip[0]),
+        "tokenizer_decode": lambda: tok.decode(z_np[0]),
     }
 
 
@@ -318,7 +320,7 @@ def run(
             tasks[f"dac/{name}"] = dac[name]
     raw = round_robin(tasks, rounds)
     audio = {"step": wav.size / sr, "encode": clip.size / sr, "decode": clip.size / sr}
-    audio["tokenizer_decode"] = audio["decode"]
+    audio["tokenizer_encode"], audio["tokenizer_decode"] = audio["encode"], audio["decode"]
     rows = {}
     for name, r in raw.items():
         s = stats(r["times"])
@@ -345,15 +347,16 @@ def run(
 
 def ratios(rows: dict) -> dict:
     """Peer median / f3_jax median per task (> 1: f3_jax faster), and the windowed decode's
-    median over the direct call's (> 1: the windows cost that much)."""
+    medians over the direct calls' (> 1: the windows cost that much)."""
     out = {}
     for task in ("step", "encode", "decode"):
         if f"f3/{task}" not in rows:
             continue
         out[f"{task}: dac / f3"] = rows[f"dac/{task}"]["median"] / rows[f"f3/{task}"]["median"]
-    out["tokenizer decode / direct decode"] = (
-        rows["f3/tokenizer_decode"]["median"] / rows["f3/decode"]["median"]
-    )
+    for task in ("encode", "decode"):
+        out[f"tokenizer {task} / direct {task}"] = (
+            rows[f"f3/tokenizer_{task}"]["median"] / rows[f"f3/{task}"]["median"]
+        )
     return out
 
 

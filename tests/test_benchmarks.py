@@ -502,6 +502,7 @@ def test_peer_codec_tiny():
         "dac/encode",
         "f3/decode",
         "dac/decode",
+        "f3/tokenizer_encode",
         "f3/tokenizer_decode",
     }
     for row in f["rows"].values():

@@ -301,3 +301,35 @@ def test_fast_sin_within_float_rounding_of_sin():
     grad = jax.jit(jax.vmap(jax.grad(fast_sin)))(x)
     np.testing.assert_allclose(grad, np.cos(exact), rtol=0, atol=1.2e-7)
     assert snake_sin(jnp.ones(3, jnp.bfloat16)).dtype == jnp.bfloat16  # jnp.sin there
+
+
+def test_valid_rows_make_zero_padding_invisible():
+    """Encoder and decoder given `valid` give each row's signal part as a pass without the
+    padding would: rows of one batch padded to one length, with different signal lengths."""
+    c = small_config()
+    model = Autoencoder.from_config(c)
+    hop, frames = model.hop, (9, 4)
+    rng = np.random.default_rng(0)
+    variables = nn.unbox(init(model, 12 * hop))
+    # Non-zero biases everywhere: with zero biases the padding would be invisible anyway.
+    variables = jax.tree_util.tree_map_with_path(
+        lambda p, x: x + 0.1 if p[-1].key == "bias" else x, variables
+    )
+    encode = jax.jit(lambda v, x, n: model.apply(v, x, valid=n, method=Autoencoder.encode)["z"])
+    decode = jax.jit(lambda v, z, n: model.apply(v, z, n, method=Autoencoder.decode))
+    wav = np.zeros((2, 12 * hop), np.float32)
+    z = np.zeros((2, 12, 8), np.float32)
+    for row, n in enumerate(frames):
+        wav[row, : n * hop] = rng.standard_normal(n * hop)
+        z[row, :n] = rng.standard_normal((n, 8))
+    z_padded = encode(variables, wav, np.array(frames) * hop)
+    wav_padded = decode(variables, z, np.array(frames))
+    for row, n in enumerate(frames):
+        alone = encode(variables, wav[row : row + 1, : n * hop], np.array([n * hop]))[0]
+        np.testing.assert_allclose(z_padded[row, :n], alone, atol=1e-5)
+        alone = decode(variables, z[row : row + 1, :n], np.array([n]))[0]
+        scale = np.abs(alone).max()  # float rounding of other shapes: relative to the signal
+        np.testing.assert_allclose(wav_padded[row, : n * hop] / scale, alone / scale, atol=1e-5)
+    # Without `valid` the padding shows in the last frames: the test can tell.
+    unmasked = model.apply(variables, z, method=Autoencoder.decode)
+    assert np.abs(unmasked[1, : 4 * hop] - wav_padded[1, : 4 * hop]).max() > 1e-3 * scale

@@ -26,7 +26,7 @@ from f3_jax import checkpoint, exports
 from f3_jax.data.audio_io import load_audio
 from f3_jax.inference.representer import Representer
 from f3_jax.inference.tokenizer import Tokenizer
-from f3_jax.inference.windows import plan_windows, ready_windows, window_lengths
+from f3_jax.inference.windows import padded_length, plan_windows, ready_windows, window_length
 from f3_jax.models.autoencoder import Autoencoder
 from f3_jax.models.llm import stack_layer_params
 from f3_jax.models.representation import RepresentationEncoder
@@ -90,18 +90,30 @@ def latents(frames: int, seed: int) -> np.ndarray:
 
 
 def test_window_plan_tiles_and_keeps_context():
-    lengths = window_lengths(24, 5)
-    assert lengths == [34, 22]
+    length = window_length(24, 5)
+    assert length == 34
     for total in [1, 21, 22, 33, 34, 35, 100, 180]:
-        windows = plan_windows(total, lengths, 5)
+        windows = plan_windows(total, length, 5)
         kept = np.concatenate([np.arange(w.keep_start, w.keep_end) for w in windows])
         np.testing.assert_array_equal(kept, np.arange(total))  # each frame kept exactly once
+        if total <= length:  # one window: the signal, padded to a length of the ladder
+            (w,) = windows
+            assert (w.start, w.valid, w.length) == (0, total, padded_length(total, length))
+            continue
         for w in windows:
-            assert 0 <= w.start and w.start + w.length <= total
+            assert 0 <= w.start and w.start + w.length <= total and w.valid == w.length
             # context on each side, unless that side is the signal's own end
             assert w.keep_start - w.start >= 5 or w.start == 0
             assert w.start + w.length - w.keep_end >= 5 or w.start + w.length == total
-        assert len({w.length for w in windows}) == 1
+        assert {w.length for w in windows} == {length}
+
+
+def test_padded_lengths_are_few_and_close():
+    padded = {padded_length(total, 562) for total in range(1, 563)}
+    assert len(padded) == 16 and max(padded) == 562
+    for total in range(1, 563):
+        assert 0 <= padded_length(total, 562) - total < 562 / 16
+    assert padded_length(500, 562) == 504  # a 10 s clip at 50 Hz: 0.8 % padding
 
 
 def test_context_covers_receptive_field(tok, oneshot):
@@ -124,7 +136,7 @@ def test_chunked_encode_equals_oneshot(tok, oneshot):
     wav = noise(LONG_FRAMES * HOP - 17, 4)  # not a multiple of hop: encode pads with zeros
     shapes = []
     inner = tok._encode
-    tok._encode = lambda v, x: shapes.append(x.shape) or inner(v, x)
+    tok._encode = lambda v, x, valid: shapes.append(x.shape) or inner(v, x, valid)
     try:
         z = tok.encode(wav)
     finally:
@@ -144,8 +156,32 @@ def test_chunked_decode_equals_oneshot(tok, oneshot):
     np.testing.assert_allclose(wav / scale, reference / scale, atol=1e-5, rtol=0)
 
 
+def test_a_short_signal_is_one_padded_window_equal_to_oneshot(tok, oneshot):
+    """Shorter than a window: one call on the signal padded with zeros to the ladder's next
+    length, exact because the codec zeroes its activations past the signal (zero_past)."""
+    shapes, inner = [], tok._decode
+    tok._decode = lambda v, z, valid: shapes.append((z.shape, list(valid))) or inner(v, z, valid)
+    try:
+        for frames in (1, 13, 29, 34):
+            z = latents(frames, 20 + frames)
+            reference = oneshot[1](z)
+            scale = np.abs(reference).max()
+            np.testing.assert_allclose(tok.decode(z) / scale, reference / scale, atol=1e-5)
+            assert shapes[-1] == ((1, padded_length(frames, tok.dec_length), 8), [frames])
+            wav = noise(frames * HOP, 40 + frames)
+            np.testing.assert_allclose(tok.encode(wav), oneshot[0](wav), atol=1e-5, rtol=0)
+    finally:
+        tok._decode = inner
+    # The padding is really there and really masked: with it counted as signal the end moves.
+    z = latents(29, 49)
+    padded = np.zeros((1, padded_length(29, tok.dec_length), 8), np.float32)
+    padded[0, :29] = z
+    unmasked = np.asarray(inner(tok.variables, padded, np.array([padded.shape[1]])))[0, :29]
+    assert np.abs(unmasked.reshape(-1) - oneshot[1](z)).max() > 1e-3
+
+
 def test_batches_equal_single_calls(tok):
-    # lengths: 8 windows of 34, 3 windows of 22, one short window of its own length
+    # 8 windows of 34 frames; 31 and 10 frames: one padded window each
     wavs = [noise(LONG_FRAMES * HOP, 6), noise(30 * HOP + 5, 7), noise(10 * HOP, 8)]
     together = tok.encode(wavs)
     assert isinstance(together, list)
@@ -156,7 +192,7 @@ def test_batches_equal_single_calls(tok):
     assert stacked.shape == (2, LONG_FRAMES, 8)
     np.testing.assert_allclose(stacked[0], together[0], atol=1e-6)
 
-    zs = [latents(LONG_FRAMES, 9), latents(50, 10)]  # 8 and 3 windows of 40: one shape
+    zs = [latents(LONG_FRAMES, 9), latents(50, 10)]  # 8 and 2 windows of 40: one shape
     decoded = tok.decode(zs)
     for z, wav in zip(zs, decoded):
         assert wav.shape == (len(z) * HOP,)
@@ -172,15 +208,15 @@ def test_encode_resamples(tok):
 
 def test_ready_windows_are_the_plan():
     """Windows taken as the signal arrives, in any blocks, are the whole signal's plan."""
-    lengths, rng = window_lengths(24, 5), np.random.default_rng(0)
+    length, rng = window_length(24, 5), np.random.default_rng(0)
     for total in [1, 21, 22, 33, 34, 35, 57, 100, 180]:
         for _ in range(6):
             arrivals = np.sort(rng.integers(0, total + 1, size=rng.integers(0, 8)))
             got = []
             for available, final in [*((int(a), False) for a in arrivals), (total, True)]:
                 next_keep = got[-1].keep_end if got else 0
-                got += ready_windows(available, final, lengths, 5, next_keep)
-            assert got == plan_windows(total, lengths, 5), (total, arrivals)
+                got += ready_windows(available, final, length, 5, next_keep)
+            assert got == plan_windows(total, length, 5), (total, arrivals)
 
 
 def blocks(x: np.ndarray, sizes: tuple[int, ...]) -> list[np.ndarray]:

@@ -28,7 +28,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from f3_jax import parallel
 from f3_jax.inference.generator import Generator
 from f3_jax.inference.tokenizer import Tokenizer
-from f3_jax.inference.windows import context_frames, window_lengths
+from f3_jax.inference.windows import context_frames, window_length
 from f3_jax.models.autoencoder import Autoencoder
 from f3_jax.models.llm import LLM, init_cache
 
@@ -169,13 +169,18 @@ def _codec(trainer) -> dict[str, Program]:
     hop, rows = int(config.model.hop), _tokenizer_default("batch_windows")
     chunk = _tokenizer_default("chunk_frames")
     enc_context, dec_context = context_frames(config)
-    enc_frames = window_lengths(chunk, enc_context)[0]
-    dec_frames = window_lengths(chunk, dec_context)[0]
+    enc_frames = window_length(chunk, enc_context)
+    dec_frames = window_length(chunk, dec_context)
     wav = jax.ShapeDtypeStruct((rows, enc_frames * hop), jnp.float32, sharding=whole)
     z = jax.ShapeDtypeStruct((rows, dec_frames, int(config.model.latent_dim)), jnp.float32)
     z = jax.ShapeDtypeStruct(z.shape, z.dtype, sharding=whole)
-    encode = jax.jit(lambda v, x: model.apply(v, x, train=False, method=Autoencoder.encode)["z"])
-    decode = jax.jit(lambda v, x: model.apply(v, x, method=Autoencoder.decode))
+    valid = jax.ShapeDtypeStruct((rows,), jnp.int32, sharding=whole)  # as the Tokenizer calls
+    encode = jax.jit(
+        lambda v, x, n: model.apply(v, x, train=False, valid=n * hop, method=Autoencoder.encode)[
+            "z"
+        ]
+    )
+    decode = jax.jit(lambda v, x, n: model.apply(v, x, n, method=Autoencoder.decode))
 
     def seconds(frames: int) -> float:
         return rows * frames * hop / config.sample_rate
@@ -184,13 +189,13 @@ def _codec(trainer) -> dict[str, Program]:
         "encode": Program(
             "encode",
             f"codec encode on one chip: {rows} windows x {enc_frames} frames",
-            lambda: _in_mesh(one, lambda: encode.trace(variables, wav).lower()),
+            lambda: _in_mesh(one, lambda: encode.trace(variables, wav, valid).lower()),
             audio_seconds=seconds(enc_frames),
         ),
         "decode": Program(
             "decode",
             f"codec decode on one chip: {rows} windows x {dec_frames} frames",
-            lambda: _in_mesh(one, lambda: decode.trace(variables, z).lower()),
+            lambda: _in_mesh(one, lambda: decode.trace(variables, z, valid).lower()),
             audio_seconds=seconds(dec_frames),
         ),
     }

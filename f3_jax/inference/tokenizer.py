@@ -22,7 +22,7 @@ from __future__ import annotations
 import itertools
 import math
 import os
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 
 import flax.linen as nn
 import jax
@@ -43,7 +43,7 @@ from f3_jax.inference.windows import (
     plan_windows,
     ready_windows,
     restore,
-    window_lengths,
+    window_length,
 )
 from f3_jax.models.autoencoder import Autoencoder
 
@@ -73,15 +73,18 @@ class Tokenizer:
         self.model = Autoencoder.from_config(config)
         self.variables = jax.tree.map(jnp.asarray, nn.meta.unbox(variables))
         self.enc_context, self.dec_context = context_frames(config)
-        self.enc_lengths = window_lengths(chunk_frames, self.enc_context)
-        self.dec_lengths = window_lengths(chunk_frames, self.dec_context)
+        self.enc_length = window_length(chunk_frames, self.enc_context)
+        self.dec_length = window_length(chunk_frames, self.dec_context)
         self.batch_windows = batch_windows
+        # valid: (B,) frames of signal per window, the rest zero padding (windows.py).
         self._encode = jax.jit(
-            lambda v, x: self.model.apply(v, x, train=False, method=Autoencoder.encode)["z"]
+            lambda v, x, valid: self.model.apply(
+                v, x, train=False, valid=valid * self.hop, method=Autoencoder.encode
+            )["z"]
         )
         # Frames on an axis of their own: (B, T * hop) -> (B, T, hop), like encode's (B, T, D).
         self._decode = jax.jit(
-            lambda v, z: self.model.apply(v, z, method=Autoencoder.decode).reshape(
+            lambda v, z, valid: self.model.apply(v, z, valid, method=Autoencoder.decode).reshape(
                 z.shape[0], z.shape[1], self.hop
             )
         )
@@ -114,20 +117,24 @@ class Tokenizer:
 
     # ---- windows ------------------------------------------------------------------------
 
-    def _apply(self, fn: Callable, pieces: list[np.ndarray]) -> np.ndarray:
-        """`fn` over windows of one length in one batch, padded to a power of two of rows:
-        (n, W, *frame_shape)."""
-        x = np.zeros((batch_size(len(pieces), self.batch_windows), *pieces[0].shape), np.float32)
+    def _apply(self, fn: Callable, pieces: list[np.ndarray], length: int, unit: int) -> np.ndarray:
+        """`fn` over windows of `length` frames (pieces: their signal, padded here with zeros)
+        in one batch, padded to a power of two of rows: (n, length, *frame_shape)."""
+        rows = batch_size(len(pieces), self.batch_windows)
+        x = np.zeros((rows, length * unit, *pieces[0].shape[1:]), np.float32)
+        valid = np.zeros(rows, np.int32)
         for row, piece in enumerate(pieces):
-            x[row] = piece
-        return np.asarray(fn(self.variables, jnp.asarray(x)), np.float32)[: len(pieces)]
+            x[row, : len(piece)] = piece
+            valid[row] = len(piece) // unit
+        out = fn(self.variables, jnp.asarray(x), jnp.asarray(valid))
+        return np.asarray(out, np.float32)[: len(pieces)]
 
     def _run(
         self,
         fn: Callable,
         signals: list[np.ndarray],
         unit: int,
-        lengths: Sequence[int],
+        length: int,
         context: int,
         frame_shape: tuple[int, ...],
     ) -> list[np.ndarray]:
@@ -138,14 +145,13 @@ class Tokenizer:
         results = [np.zeros((len(s) // unit, *frame_shape), np.float32) for s in signals]
         by_length: dict[int, list[tuple[int, Window]]] = {}
         for i, sig in enumerate(signals):
-            for w in plan_windows(len(sig) // unit, lengths, context):
+            for w in plan_windows(len(sig) // unit, length, context):
                 by_length.setdefault(w.length, []).append((i, w))
-        for length, jobs in by_length.items():
+        for padded, jobs in by_length.items():
             for k in range(0, len(jobs), self.batch_windows):
                 part = jobs[k : k + self.batch_windows]
-                y = self._apply(
-                    fn, [signals[i][w.start * unit : (w.start + length) * unit] for i, w in part]
-                )
+                pieces = [signals[i][w.start * unit : (w.start + w.valid) * unit] for i, w in part]
+                y = self._apply(fn, pieces, padded, unit)
                 for row, (i, w) in zip(y, part):
                     results[i][w.keep_start : w.keep_end] = row[
                         w.keep_start - w.start : w.keep_end - w.start
@@ -157,7 +163,7 @@ class Tokenizer:
         fn: Callable,
         blocks: Iterable[np.ndarray],
         unit: int,
-        lengths: Sequence[int],
+        length: int,
         context: int,
     ) -> Iterator[np.ndarray]:
         """`_run` over one signal that arrives in blocks: yields its kept output frames in
@@ -175,20 +181,20 @@ class Tokenizer:
             if buf is None:
                 return
             available = base + len(buf) // unit
-            windows = ready_windows(available, final, lengths, context, next_keep)
+            windows = ready_windows(available, final, length, context, next_keep)
             if not final:  # full batches only: the in-memory pass's shapes, fewer calls
                 windows = windows[: len(windows) - len(windows) % self.batch_windows]
             for k in range(0, len(windows), self.batch_windows):
                 part = windows[k : k + self.batch_windows]
                 pieces = [
-                    buf[(w.start - base) * unit : (w.start + w.length - base) * unit] for w in part
+                    buf[(w.start - base) * unit : (w.start + w.valid - base) * unit] for w in part
                 ]
-                for row, w in zip(self._apply(fn, pieces), part):
+                for row, w in zip(self._apply(fn, pieces, part[0].length, unit), part):
                     yield row[w.keep_start - w.start : w.keep_end - w.start]
                 next_keep = part[-1].keep_end
             # Later windows start at next_keep - context at the earliest, or, the last one,
             # clamped to the end: at most the largest length before it.
-            drop = max(0, min(next_keep - context, available - lengths[0]) - base)
+            drop = max(0, min(next_keep - context, available - length) - base)
             buf, base = buf[drop * unit :], base + drop
 
     # ---- in memory ----------------------------------------------------------------------
@@ -207,7 +213,7 @@ class Tokenizer:
             self._encode,
             signals,
             self.hop,
-            self.enc_lengths,
+            self.enc_length,
             self.enc_context,
             (self.latent_dim,),
         )
@@ -219,7 +225,7 @@ class Tokenizer:
         signals, kind = as_list(latents, 2)
         for z in signals:
             self._check_width(z)
-        out = self._run(self._decode, signals, 1, self.dec_lengths, self.dec_context, (self.hop,))
+        out = self._run(self._decode, signals, 1, self.dec_length, self.dec_context, (self.hop,))
         return restore([o.reshape(-1) for o in out], kind)
 
     def _check_width(self, z: np.ndarray) -> None:
@@ -251,7 +257,7 @@ class Tokenizer:
         equal to `encode` of the whole signal, in memory that does not grow with its length."""
         rate = self.sample_rate if sample_rate is None else int(sample_rate)
         samples = pad_to_multiple(resample_blocks(blocks, rate, self.sample_rate), self.hop)
-        return self._stream(self._encode, samples, self.hop, self.enc_lengths, self.enc_context)
+        return self._stream(self._encode, samples, self.hop, self.enc_length, self.enc_context)
 
     def decode_stream(self, blocks: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
         """Consecutive (n, D) blocks of latents -> consecutive 1-D blocks of audio, equal to
@@ -262,7 +268,7 @@ class Tokenizer:
                 self._check_width(z)
                 yield z
 
-        for frames in self._stream(self._decode, checked(), 1, self.dec_lengths, self.dec_context):
+        for frames in self._stream(self._decode, checked(), 1, self.dec_length, self.dec_context):
             yield frames.reshape(-1)
 
     def represent_stream(

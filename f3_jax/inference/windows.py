@@ -1,19 +1,23 @@
 """Overlapping windows that make a convolutional codec's pass over any length exact.
 
-Long inputs are cut into overlapping windows of a few fixed lengths; each window keeps only
-its centre, at least one receptive-field radius away from the window's cut edges, so the
-result equals a one-shot pass over the whole input. The windows at the signal's ends are
-aligned with those ends, where the one-shot pass sees the same zero padding inside every
-convolution (padding the *input* with zeros instead would not be equivalent: biases make the
-padded region's activations non-zero). `ready_windows` gives the same windows as a signal
-arrives block by block, for streaming. Also the block helpers of the streams.
+Long inputs are cut into overlapping windows of one fixed length; each window keeps only its
+centre, at least one receptive-field radius away from the window's cut edges, so the result
+equals a one-shot pass over the whole input. The windows at the signal's ends are aligned
+with those ends, where the one-shot pass sees the same zero padding inside every
+convolution. A signal shorter than a window is one window padded with zeros to a length of a
+short ladder (`padded_length`), and the model is told how much of it is signal (`valid`: the
+codec zeroes every activation past it, `models.autoencoder.zero_past`), which keeps it exact:
+padding the *input* alone would not be, since biases make the padded region's activations
+non-zero. So a 10 s clip decodes as one window of about its own length, and a few shapes
+serve every length. `ready_windows` gives the same windows as a signal arrives block by
+block, for streaming. Also the block helpers of the streams.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 
 import jax
 import ml_collections
@@ -21,16 +25,20 @@ import numpy as np
 
 from f3_jax.models.autoencoder import receptive_field
 
+PAD_STEPS = 16  # lengths a short signal is padded to: multiples of window / PAD_STEPS
+
 
 @dataclasses.dataclass(frozen=True)
 class Window:
-    """A window [start, start + length) of a signal, in frames; its output [keep_start,
-    keep_end) (absolute frames) is exact."""
+    """A window [start, start + length) of a signal, in frames, of which the first `valid`
+    are signal (the rest: zero padding past its end); its output [keep_start, keep_end)
+    (absolute frames) is exact."""
 
     start: int
     length: int
     keep_start: int
     keep_end: int
+    valid: int
 
 
 def context_frames(config: ml_collections.ConfigDict) -> tuple[int, int]:
@@ -45,58 +53,52 @@ def context_frames(config: ml_collections.ConfigDict) -> tuple[int, int]:
     return math.ceil(enc_span / 2 / hop) + 1, math.ceil(dec_span / 2) + 1
 
 
-def window_lengths(chunk_frames: int, context: int) -> list[int]:
-    """Window lengths in frames, largest first: cores chunk_frames, /2, /4, ... >= 2*context.
-
-    Inputs shorter than the largest window use the largest that fits, so that a few shapes
-    serve every length, while the overlap overhead stays below 2x.
-    """
-    lengths, core = [chunk_frames + 2 * context], chunk_frames // 2
-    while core >= 2 * context:
-        lengths.append(core + 2 * context)
-        core //= 2
-    return lengths
+def window_length(chunk_frames: int, context: int) -> int:
+    """Frames of a window that keeps `chunk_frames` with `context` frames each side."""
+    return chunk_frames + 2 * context
 
 
-def plan_windows(total: int, lengths: Sequence[int], context: int) -> list[Window]:
-    """Windows whose kept parts tile [0, total) frames exactly once.
+def padded_length(total: int, length: int) -> int:
+    """The window length a signal of `total` <= `length` frames is padded to: the next
+    multiple of length / PAD_STEPS (at most `length`), so that at most PAD_STEPS shapes serve
+    every short signal and the padding costs at most 1 / PAD_STEPS of a window."""
+    step = math.ceil(length / PAD_STEPS)
+    return min(length, -(-total // step) * step)
 
-    A signal shorter than every window length is one window of its own length (exact, but a
-    compile per such length).
-    """
+
+def plan_windows(total: int, length: int, context: int) -> list[Window]:
+    """Windows whose kept parts tile [0, total) frames exactly once."""
     if total == 0:
         return []
-    fitting = [n for n in lengths if n <= total]
-    if not fitting:
-        return [Window(0, total, 0, total)]
-    length = max(fitting)
+    if total <= length:
+        return [Window(0, padded_length(total, length), 0, total, total)]
     core = length - 2 * context
     windows = []
     for keep_start in range(0, total, core):
         # Clamp into the signal: the first and last windows sit at the ends, where the
         # convolutions' own zero padding matches the one-shot pass.
         start = min(max(keep_start - context, 0), total - length)
-        windows.append(Window(start, length, keep_start, min(keep_start + core, total)))
+        windows.append(Window(start, length, keep_start, min(keep_start + core, total), length))
     return windows
 
 
 def ready_windows(
-    available: int, final: bool, lengths: Sequence[int], context: int, next_keep: int
+    available: int, final: bool, length: int, context: int, next_keep: int
 ) -> list[Window]:
     """The windows of `plan_windows(total, ...)` keeping frames from `next_keep` on that are
     known once `available` frames have arrived; all of them when `final` (total = available).
 
-    A window clear of the signal's end is the same for every total past it; and once the
-    largest length has arrived, the plan uses the largest length.
+    A window that ends before the frames that have arrived is the same for every total
+    past them (a total of exactly one window is one window keeping everything).
     """
     if final:
-        return [w for w in plan_windows(available, lengths, context) if w.keep_start >= next_keep]
-    length = lengths[0]
+        return [w for w in plan_windows(available, length, context) if w.keep_start >= next_keep]
     core = length - 2 * context
     windows = []
     keep_start = next_keep
-    while max(keep_start - context, 0) + length <= available:
-        windows.append(Window(max(keep_start - context, 0), length, keep_start, keep_start + core))
+    while max(keep_start - context, 0) + length < available:
+        start = max(keep_start - context, 0)
+        windows.append(Window(start, length, keep_start, keep_start + core, length))
         keep_start += core
     return windows
 

@@ -36,8 +36,25 @@ _OUT_KERNEL = 3  # encoder's last convolution to the latent width
 BOTTLENECKS = ("f3", "vae", "plain")  # bottleneck.kind
 
 
+def zero_past(x: jax.Array, limit: jax.Array | None) -> jax.Array:
+    """x (B, L, C) with rows at or past `limit` ((B,) counts; None: all kept) set to zero.
+
+    What makes a window padded past its signal's end exact: every convolution that mixes
+    rows reads its input through this, so past the signal it sees zeros, as its own zero
+    padding shows it in a pass over the signal alone; the rows of the signal then come out
+    as in that pass. The rows past it hold garbage (biases), which only row-wise operations
+    (Snake, 1x1 convolutions, residual sums) read. Masking the inputs rather than the
+    outputs fuses into the Snake before each convolution: no extra buffer.
+    """
+    if limit is None:
+        return x
+    rows = jnp.arange(x.shape[1])[None, :, None]
+    return jnp.where(rows < limit[:, None, None], x, jnp.zeros((), x.dtype))
+
+
 class ResidualUnit(nn.Module):
-    """x + conv1x1(snake(conv_k,dilated(snake(x))))."""
+    """x + conv1x1(snake(conv_k,dilated(snake(x)))); the dilated convolution reads no row
+    past `limit` (zero_past)."""
 
     channels: int
     dilation: int
@@ -45,8 +62,8 @@ class ResidualUnit(nn.Module):
     dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        y = Snake(dtype=self.dtype)(x)
+    def __call__(self, x: jax.Array, limit: jax.Array | None = None) -> jax.Array:
+        y = zero_past(Snake(dtype=self.dtype)(x), limit)
         y = WNConv1d(self.channels, self.kernel_size, dilation=self.dilation, dtype=self.dtype)(y)
         y = Snake(dtype=self.dtype)(y)
         y = WNConv1d(self.channels, 1, dtype=self.dtype)(y)
@@ -54,7 +71,8 @@ class ResidualUnit(nn.Module):
 
 
 class EncoderBlock(nn.Module):
-    """Residual units at the input width, then a strided convolution (L -> L // stride)."""
+    """Residual units at the input width, then a strided convolution (L -> L // stride).
+    `limit`: (B,) rows of signal per example (zero_past), multiples of stride."""
 
     features: int
     stride: int
@@ -63,15 +81,16 @@ class EncoderBlock(nn.Module):
     dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, limit: jax.Array | None = None) -> jax.Array:
         for d in self.dilations:
-            x = ResidualUnit(x.shape[-1], d, self.kernel_size, dtype=self.dtype)(x)
-        x = Snake(dtype=self.dtype)(x)
+            x = ResidualUnit(x.shape[-1], d, self.kernel_size, dtype=self.dtype)(x, limit)
+        x = zero_past(Snake(dtype=self.dtype)(x), limit)
         return WNConv1d(self.features, 2 * self.stride, stride=self.stride, dtype=self.dtype)(x)
 
 
 class DecoderBlock(nn.Module):
-    """A transposed convolution (T -> T * stride), then residual units at the output width."""
+    """A transposed convolution (T -> T * stride), then residual units at the output width.
+    `limit`: (B,) input rows of signal per example (zero_past)."""
 
     features: int
     stride: int
@@ -80,11 +99,12 @@ class DecoderBlock(nn.Module):
     dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        x = Snake(dtype=self.dtype)(x)
+    def __call__(self, x: jax.Array, limit: jax.Array | None = None) -> jax.Array:
+        x = zero_past(Snake(dtype=self.dtype)(x), limit)
         x = WNConvTranspose1d(self.features, self.stride, dtype=self.dtype)(x)
+        limit = None if limit is None else limit * self.stride
         for d in self.dilations:
-            x = ResidualUnit(self.features, d, self.kernel_size, dtype=self.dtype)(x)
+            x = ResidualUnit(self.features, d, self.kernel_size, dtype=self.dtype)(x, limit)
         return x
 
 
@@ -99,13 +119,17 @@ class Encoder(nn.Module):
     remat: str = "none"  # of each block under grad (llm_layers.REMAT_POLICIES)
 
     @nn.compact
-    def __call__(self, wav: jax.Array) -> jax.Array:
-        """(B, L) -> (B, L // hop, out_dim); L must be a multiple of hop."""
+    def __call__(self, wav: jax.Array, valid: jax.Array | None = None) -> jax.Array:
+        """(B, L) -> (B, L // hop, out_dim); L must be a multiple of hop.
+
+        valid: (B,) samples of each row that are signal (multiples of hop); the rest is
+        zero padding, and the frames of the signal come out as if it were not there.
+        """
         hop = math.prod(self.strides)
         if wav.shape[-1] % hop:
             raise ValueError(f"input length {wav.shape[-1]} is not a multiple of hop {hop}")
         x = WNConv1d(self.channels * self.channel_mults[0], _STEM_KERNEL, dtype=self.dtype)(
-            wav[..., None]
+            zero_past(wav[..., None], valid)
         )
         block = remat(EncoderBlock, self.remat)
         for i, (mult, stride) in enumerate(zip(self.channel_mults[1:], self.strides)):
@@ -116,8 +140,9 @@ class Encoder(nn.Module):
                 self.kernel_size,
                 dtype=self.dtype,
                 name=f"EncoderBlock_{i}",  # the plain module's name, whatever the remat
-            )(x)
-        x = Snake(dtype=self.dtype)(x)
+            )(x, valid)
+            valid = None if valid is None else valid // stride
+        x = zero_past(Snake(dtype=self.dtype)(x), valid)
         return WNConv1d(self.out_dim, _OUT_KERNEL, dtype=self.dtype)(x)
 
 
@@ -132,8 +157,13 @@ class Decoder(nn.Module):
     remat: str = "none"
 
     @nn.compact
-    def __call__(self, z: jax.Array) -> jax.Array:
-        """(B, T, D) -> (B, T * hop)."""
+    def __call__(self, z: jax.Array, valid: jax.Array | None = None) -> jax.Array:
+        """(B, T, D) -> (B, T * hop).
+
+        valid: (B,) frames of each row that are signal; the samples of those frames come
+        out as if the rest (zero padding) were not there.
+        """
+        z = zero_past(z, valid)
         x = WNConv1d(self.channels * self.channel_mults[-1], _STEM_KERNEL, dtype=self.dtype)(z)
         widths = [self.channels * m for m in self.channel_mults[:-1]]
         block = remat(DecoderBlock, self.remat)
@@ -145,8 +175,9 @@ class Decoder(nn.Module):
                 self.kernel_size,
                 dtype=self.dtype,
                 name=f"DecoderBlock_{i}",
-            )(x)
-        x = Snake(dtype=self.dtype)(x)
+            )(x, valid)
+            valid = None if valid is None else valid * stride
+        x = zero_past(Snake(dtype=self.dtype)(x), valid)
         x = WNConv1d(1, _STEM_KERNEL, dtype=self.dtype)(x)[..., 0]
         return jnp.tanh(x) if self.final_tanh else x
 
@@ -239,17 +270,20 @@ class Autoencoder(nn.Module):
             remat=self.remat,
         )
 
-    def encode(self, wav: jax.Array, *, train: bool = False) -> dict[str, jax.Array]:
+    def encode(
+        self, wav: jax.Array, *, train: bool = False, valid: jax.Array | None = None
+    ) -> dict[str, jax.Array]:
         """(B, L) -> dict(z (B,T,D) the clean latents, z_noisy (the decoder's input: == z
         unless train), sigma (the noise scale: (B,), or the VAE's (B,T,D) std in training)),
-        and in training the bottleneck's loss terms per frame ("kl" (B,T) of the VAE)."""
-        z, z_noisy, sigma = self.bottleneck(self.encoder(wav), train=train)
+        and in training the bottleneck's loss terms per frame ("kl" (B,T) of the VAE).
+        valid: (B,) samples of signal per row, the rest padding (Encoder); inference only."""
+        z, z_noisy, sigma = self.bottleneck(self.encoder(wav, valid), train=train)
         terms = self.bottleneck.train_terms(z, sigma) if train else {}
         return {"z": z, "z_noisy": z_noisy, "sigma": sigma, **terms}
 
-    def decode(self, z: jax.Array) -> jax.Array:
-        """(B, T, D) -> (B, T * hop) waveform."""
-        return self.decoder(z)
+    def decode(self, z: jax.Array, valid: jax.Array | None = None) -> jax.Array:
+        """(B, T, D) -> (B, T * hop) waveform; valid: (B,) frames of signal per row (Decoder)."""
+        return self.decoder(z, valid)
 
     def __call__(self, wav: jax.Array, *, train: bool = False) -> dict[str, jax.Array]:
         out = self.encode(wav, train=train)
