@@ -1,6 +1,7 @@
 """python -m f3_jax.aot_compile --config configs/X.py --topology v5e:16x16
        [--num_slices N] [--programs train,eval] [--json OUT] [--config.FIELD=VALUE ...]
        [--ae_config configs/ae_24k.py] [--repr_config configs/repr_24k.py]
+       [--memory_only --programs train]
 
 Compiles a stage's programs for a TPU slice on a machine without a TPU (libtpu's compile-only
 devices: pip install -e ".[tpu]"): the train step, the eval step, for stage 1 the codec's
@@ -10,12 +11,15 @@ read: state and batch are shapes, and a missing export is stood in for by a stag
 writes (--json) the compile time, per-device memory against the chip's HBM with a verdict,
 FLOPs and bytes per device, the collectives by kind, and a roofline estimate of the step time
 and MFU: an estimate from the compiler's counts, never a measurement. A program that does not
-fit names its largest buffers.
+fit names its largest buffers. --memory_only stops once the buffers are assigned (the fit
+verdict and memory in minutes; the code generation after it takes tens of minutes for
+stage 1 on a small machine): what a search for the largest batch that fits needs.
 """
 
 from __future__ import annotations
 
 import json
+import os
 
 from absl import flags
 from ml_collections import config_flags
@@ -24,12 +28,12 @@ from f3_jax import cli
 from f3_jax.aot.chips import GiB, check_topology
 from f3_jax.errors import UsageError
 
-_CONFIG = _TOPOLOGY = _SLICES = _PROGRAMS = _JSON = _AE = _REPR = _FAST = None
+_CONFIG = _TOPOLOGY = _SLICES = _PROGRAMS = _JSON = _AE = _REPR = _FAST = _MEMORY_ONLY = None
 
 
 def define_flags() -> None:
     """The CLI's flags, defined only when run as a program (tests import the module)."""
-    global _CONFIG, _TOPOLOGY, _SLICES, _PROGRAMS, _JSON, _AE, _REPR, _FAST
+    global _CONFIG, _TOPOLOGY, _SLICES, _PROGRAMS, _JSON, _AE, _REPR, _FAST, _MEMORY_ONLY
     _CONFIG = config_flags.DEFINE_config_file("config", None, "Stage config (configs/*.py).")
     _TOPOLOGY = flags.DEFINE_string(
         "topology", None, "TPU slice to compile for: v5e:16x16, v5p:4x4x8, v6e:8x8, v4:2x2x4 ..."
@@ -51,6 +55,12 @@ def define_flags() -> None:
         "Compile with the least optimization effort (exec_time_optimization_effort=-1): "
         "faster, but memory and cost may differ from what training compiles.",
     )
+    _MEMORY_ONLY = flags.DEFINE_bool(
+        "memory_only",
+        False,
+        "Stop once the compiler has assigned the buffers (minutes, not the code generation's "
+        "tens of minutes): the fit verdict and memory, no cost analysis. One program.",
+    )
 
 
 def main(argv: list[str]) -> None:
@@ -61,6 +71,8 @@ def main(argv: list[str]) -> None:
     if not _TOPOLOGY.value:
         raise UsageError("--topology is required, e.g. --topology=v5e:16x16")
     check_topology(_TOPOLOGY.value)
+    if _MEMORY_ONLY.value and len(_PROGRAMS.value) != 1:
+        raise UsageError("--memory_only compiles one program: give --programs=NAME (e.g. train)")
     from f3_jax.aot import topology
 
     topology.use_cpu_runtime()  # before anything touches a JAX backend
@@ -75,11 +87,23 @@ def main(argv: list[str]) -> None:
         only=tuple(_PROGRAMS.value),
         options=FAST_OPTIONS if _FAST.value else None,
         progress=lambda line: print(line, flush=True),
+        on_assigned=_finish_early if _MEMORY_ONLY.value else None,
     )
-    print(render(result))
+    _finish(result)
+
+
+def _finish(result: dict) -> None:
+    print(render(result), flush=True)
     if _JSON.value:
         with open(_JSON.value, "w") as f:
             json.dump(result, f, indent=1)
+
+
+def _finish_early(result: dict) -> None:
+    """--memory_only: the report once the buffers are assigned, then the process ends (the
+    compiler's code generation cannot be interrupted otherwise)."""
+    _finish(result)
+    os._exit(0)
 
 
 FAST_OPTIONS = {"exec_time_optimization_effort": -1.0}

@@ -170,3 +170,24 @@ def test_two_slices_put_the_data_axis_over_the_slices():
     assert (slices[0] == 0).all() and (slices[1] == 1).all()  # one slice per data row
     result, _ = report.compile_program(_matmul_program(mesh, 4096), CHIPS["v5e"])
     assert result["status"] == "compiled" and result["verdict"] == "fits"
+
+
+@pytest.mark.slow
+def test_memory_only_reports_the_assignment_and_ends_early(tmp_path):
+    """--memory_only: the verdict from the buffer assignment, the process ended before the
+    code generation (the full compile of this step takes tens of minutes here)."""
+    out = tmp_path / "report.json"
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    run = subprocess.run(
+        [
+            sys.executable, "-m", "f3_jax.aot_compile", "--config=configs/ae_demo.py",
+            "--topology=v5e:2x2", "--config.mesh.data=1", "--config.mesh.fsdp=-1",
+            "--programs=train", "--memory_only", f"--json={out}",
+        ],
+        capture_output=True, text=True, cwd=ROOT, env=env, timeout=900,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-2000:]
+    train = json.loads(out.read_text())["programs"]["train"]
+    assert train["status"] == "assigned" and train["verdict"] == "fits (buffer assignment)"
+    assert 0 < train["memory"]["total"] < 16 * GiB and train["largest_buffers"]
+    assert "fits (buffer assignment)" in run.stdout

@@ -12,6 +12,7 @@ import pytest
 
 from f3_jax.aot import hlo, report
 from f3_jax.aot.chips import CHIPS, GiB, check_topology, chip_of
+from f3_jax.aot.early_verdict import CODE_ALLOWANCE, EarlyVerdict
 from f3_jax.errors import UsageError
 
 # A cut-down optimized TPU module: an all-gather in a while loop of 12 iterations (scanned
@@ -107,3 +108,62 @@ def test_topology_names_are_checked_before_anything_is_built(name):
     with pytest.raises(UsageError, match="expected <chip>:<shape>"):
         check_topology(name)
     check_topology("v5p:4x4x4")
+
+
+def _memory_report(directory: Path, total: int) -> None:
+    """What XLA writes after assigning buffers (the head of its memory-usage report)."""
+    name = "module_0003.jit_train_step_fn.cl_1.after_optimizations-memory-usage-report.txt"
+    (directory / name).write_text(
+        f"Memory Space: default (color=0)\nTotal bytes: {total} ({total / GiB:.2f}GiB)\n"
+        "  cumulative_size;       size;       offset; used_by_n_values; shapes_list\n"
+    )  # fmt: skip
+
+
+def test_assigned_bytes_of_the_memory_usage_report(tmp_path):
+    assert hlo.assigned_bytes(str(tmp_path)) is None  # not written yet
+    _memory_report(tmp_path, 1953620480)
+    assert hlo.assigned_bytes(str(tmp_path)) == 1953620480
+
+
+@pytest.mark.parametrize("gib,fits", [(4, True), (15.6, False)])
+def test_early_verdict_once_the_buffers_are_assigned(tmp_path, gib, fits):
+    import threading
+
+    got, called = [], threading.Event()
+    base = {"program": "train", "description": "a step"}
+    watcher = EarlyVerdict(
+        str(tmp_path), CHIPS["v5e"], lambda r: got.append(r) or called.set(), base, grace=0.1
+    )
+    _memory_report(tmp_path, int(gib * GiB))
+    assert called.wait(10), "no verdict after the report was written"
+    (r,) = got
+    assert r["status"] == "assigned" and r["program"] == "train"
+    assert r["memory"] == {
+        "total": int(gib * GiB),
+        "hbm": 16 * GiB,
+        "code_allowance": CODE_ALLOWANCE,
+    }
+    assert r["verdict"].startswith("fits" if fits else "does not fit by 0.10 GiB")
+    assert not tmp_path.exists()  # the dump is removed: the callback may end the process
+    watcher.finished()
+
+
+def test_no_early_verdict_once_the_compile_has_ended(tmp_path):
+    got = []
+    watcher = EarlyVerdict(str(tmp_path), CHIPS["v5e"], got.append, {}, grace=0.5)
+    _memory_report(tmp_path, GiB)
+    watcher.finished()  # the compiler failed or finished within the grace period: its report wins
+    watcher._thread.join(5)
+    assert got == [] and tmp_path.exists()
+
+
+def test_memory_only_needs_one_program():
+    run = subprocess.run(
+        [
+            sys.executable, "-m", "f3_jax.aot_compile", "--config=configs/ae_demo.py",
+            "--topology=v5e:2x2", "--memory_only",
+        ],
+        capture_output=True, text=True, cwd=ROOT,
+    )  # fmt: skip
+    assert run.returncode == 2, run.stderr
+    assert run.stderr.strip().startswith("error: --memory_only compiles one program")

@@ -272,3 +272,17 @@ def _tables(hlo: str) -> dict[str, dict[str, str]]:
         elif current is not None:
             current = None
     return tables
+
+
+_TOTAL = re.compile(r"^Memory Space: default.*\n\s*Total bytes: (\d+)", re.MULTILINE)
+
+
+def assigned_bytes(dump_dir: str) -> int | None:
+    """Bytes of device memory ("default" memory space: HBM) that XLA's buffer assignment gave
+    the newest program dumped in `dump_dir`, from its memory-usage report; None before the
+    report is written. Written before code generation, so known long before the compile ends."""
+    report = _newest(dump_dir, "*after_optimizations-memory-usage-report.txt")
+    if report is None:
+        return None
+    match = _TOTAL.search(open(report).read(4096))
+    return int(match.group(1)) if match else None

@@ -18,10 +18,12 @@ import re
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from typing import Any
 
 from f3_jax.aot import hlo
 from f3_jax.aot.chips import Chip, GiB
+from f3_jax.aot.early_verdict import EarlyVerdict
 from f3_jax.aot.programs import Program
 
 TOP_BUFFERS = 5
@@ -93,28 +95,42 @@ def out_of_memory(message: str) -> tuple[int, int] | None:
     return None
 
 
-def compile_program(program: Program, chip: Chip, options: dict | None = None) -> tuple[dict, Any]:
+def compile_program(
+    program: Program,
+    chip: Chip,
+    options: dict | None = None,
+    on_assigned: Callable[[dict], None] | None = None,
+) -> tuple[dict, Any]:
     """Lowers and compiles `program`: its report as a JSON-ready dict (status "compiled",
-    "does not fit" or "error"), and the compiled executable (None when it failed)."""
+    "does not fit" or "error"), and the compiled executable (None when it failed).
+
+    on_assigned: called from a thread with a report of status "assigned" (EarlyVerdict) once
+    the buffers are assigned, while the code is still being generated."""
     dump = tempfile.mkdtemp(prefix="f3_aot_")
     try:
-        return _compile(program, chip, dict(options or {}), dump)
+        return _compile(program, chip, dict(options or {}), dump, on_assigned)
     finally:
         shutil.rmtree(dump, ignore_errors=True)
 
 
-def _compile(program: Program, chip: Chip, options: dict, dump: str) -> tuple[dict, Any]:
+def _compile(
+    program: Program, chip: Chip, options: dict, dump: str, on_assigned=None
+) -> tuple[dict, Any]:
     report = {"program": program.name, "description": program.description}
     start = time.perf_counter()
     lowered = program.lower()
     report["lower_seconds"] = time.perf_counter() - start
     options |= {"xla_dump_to": dump}
+    watcher = on_assigned and EarlyVerdict(dump, chip, on_assigned, report)
     start = time.perf_counter()
     try:
         compiled = lowered.compile(compiler_options=options)
     except Exception as e:  # noqa: BLE001  the compiler's own errors are the result here
         report["compile_seconds"] = time.perf_counter() - start
         return report | _failure(str(e), chip, dump), None
+    finally:
+        if watcher:
+            watcher.finished()
     report["compile_seconds"] = time.perf_counter() - start
     report |= _analysis(compiled, program, chip)
     report["largest_buffers"] = _buffers(dump)

@@ -97,9 +97,12 @@ def compile_stage(
     options: dict | None = None,
     keep_compiled: bool = False,
     progress: Callable[[str], None] = lambda line: None,
+    on_assigned: Callable[[dict], None] | None = None,
 ) -> dict:
     """Builds, compiles and reports each program ("only": a subset by name). With
-    keep_compiled, result["compiled"] holds {name: executable} (not JSON)."""
+    keep_compiled, result["compiled"] holds {name: executable} (not JSON). on_assigned:
+    called with the whole result, this program's report of status "assigned", as soon as a
+    program's buffers are assigned (report.compile_program)."""
     import jax
 
     start = time.perf_counter()
@@ -128,7 +131,10 @@ def compile_stage(
         if only and name not in only:
             continue
         progress(f"compiling {name}: {program.description} ...")
-        report, compiled[name] = report_lib.compile_program(program, chip, options)
+        early = on_assigned and (
+            lambda r, name=name: on_assigned(result | {"programs": result["programs"] | {name: r}})
+        )
+        report, compiled[name] = report_lib.compile_program(program, chip, options, early)
         result["programs"][name] = report
         progress(f"{name}: {report['status']} in {report['compile_seconds']:.0f} s")
     if keep_compiled:
