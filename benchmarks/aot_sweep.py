@@ -2,6 +2,7 @@
 
     python benchmarks/aot_sweep.py run --cells ae_24k@v5e:4x4,repr_24k@v6e:8x8 \
         [--programs train] [--out benchmarks/reports/aot] [--extra --config.train.batch_size=64]
+    python benchmarks/aot_sweep.py largest --cells repr_24k@v5p:2x4x4 [--out ...]
     python benchmarks/aot_sweep.py table [--out benchmarks/reports/aot]
 
 `run` compiles each cell in its own process (libtpu: pip install -e ".[tpu]"), one after the
@@ -9,7 +10,11 @@ other, and keeps each report as OUT/<config>@<topology>[+<tag>].json; a cell who
 is skipped, so an interrupted sweep resumes. `table` prints the Markdown table of README's
 "What fits where" from those files: compile status, memory per chip against HBM, the roofline
 estimate of the step time and MFU (an estimate from the compiler's counts, not a measurement)
-and the largest collective, per program.
+and the largest collective, per program. `largest` finds, per cell, the largest per-chip
+batch (a power of two) whose train step fits: from the config's own per-chip batch it doubles
+while the step fits and halves while it does not, each trial `aot_compile --memory_only` (the
+compiler's buffer assignment: minutes instead of a full compile), kept as
+OUT/<cell>+b<N>pc.json.
 """
 
 from __future__ import annotations
@@ -57,6 +62,50 @@ def run(cells: list[str], programs: str, out: str, extra: list[str], tag: str) -
         print(f"{cell}: {time.perf_counter() - start:.0f} s", flush=True)
 
 
+def _chips(topology: str) -> int:
+    count = 1
+    for n in topology.split(":")[1].split("x"):
+        count *= int(n)
+    return count
+
+
+def _fits(path: str) -> bool | None:
+    """The train step's verdict in a cell's JSON; None when it did not compile or assign."""
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        train = json.load(f)["programs"]["train"]
+    if train["status"] not in ("compiled", "assigned", "does not fit"):
+        return None
+    return train["verdict"].startswith("fits")
+
+
+def largest(cells: list[str], out: str, extra: list[str]) -> dict[str, int | None]:
+    """{cell: the largest per-chip batch (power of two) that fits, None if even 1 does not}."""
+    from f3_jax.aot.stage import load_config_file
+
+    found = {}
+    for cell in cells:
+        config_name, topology = cell.split("@")
+        config = load_config_file(os.path.join(ROOT, "configs", f"{config_name}.py"))
+        chips = _chips(topology)
+        per_chip = max(1, int(config.train.batch_size) // chips)
+        verdicts: dict[int, bool] = {}
+        while per_chip not in verdicts and 1 <= per_chip <= 1024:
+            tag = f"b{per_chip}pc"
+            size = [f"--config.train.batch_size={per_chip * chips}"]
+            run([cell], "train", out, [*size, "--memory_only", *extra], tag)
+            fits = _fits(_cell_path(out, cell, tag))
+            if fits is None:
+                break
+            verdicts[per_chip] = fits
+            per_chip = per_chip * 2 if fits else per_chip // 2
+        fitting = [b for b, ok in verdicts.items() if ok]
+        found[cell] = max(fitting) if fitting else None
+        print(f"{cell}: largest per-chip batch that fits: {found[cell]} ({verdicts})", flush=True)
+    return found
+
+
 def label(path: str, tag: str, extra: list[str]) -> None:
     """Records the variant (its tag and config overrides) in the cell's JSON."""
     with open(path) as f:
@@ -68,7 +117,9 @@ def label(path: str, tag: str, extra: list[str]) -> None:
 
 def _variant(result: dict) -> str:
     overrides = result.get("variant", {}).get("overrides", [])
-    names = [o.removeprefix("--config.") for o in overrides]
+    # The batch has a column of its own; --memory_only shows in the verdict.
+    names = [o.removeprefix("--config.") for o in overrides if o != "--memory_only"]
+    names = [n for n in names if not n.startswith("train.batch_size=")]
     names = ["data.latent_cache (set)" if n.startswith("data.latent_cache=") else n for n in names]
     return " ".join(names) or "as configured"
 
@@ -120,7 +171,7 @@ def table(out: str) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("command", choices=("run", "table"))
+    parser.add_argument("command", choices=("run", "largest", "table"))
     parser.add_argument("--cells", default="", help="config@topology,... (configs/ names)")
     parser.add_argument("--programs", default="", help="only these programs (default: all)")
     parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "reports", "aot"))
@@ -128,6 +179,8 @@ def main() -> None:
     args, extra = parser.parse_known_args()
     if args.command == "run":
         run([c for c in args.cells.split(",") if c], args.programs, args.out, extra, args.tag)
+    elif args.command == "largest":
+        largest([c for c in args.cells.split(",") if c], args.out, extra)
     else:
         print(table(args.out))
 

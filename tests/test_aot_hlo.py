@@ -167,3 +167,42 @@ def test_memory_only_needs_one_program():
     )  # fmt: skip
     assert run.returncode == 2, run.stderr
     assert run.stderr.strip().startswith("error: --memory_only compiles one program")
+
+
+def test_largest_batch_search_doubles_and_halves(tmp_path, monkeypatch):
+    """benchmarks/aot_sweep.py largest: from the config's per-chip batch, double while the step
+    fits and halve while it does not (the compiles stood in for by a memory threshold)."""
+    import json
+
+    from benchmarks import aot_sweep
+
+    trials = []
+
+    def fake_run(cells, programs, out, extra, tag):
+        (cell,) = cells
+        batch = int(next(e for e in extra if "batch_size" in e).split("=")[1])
+        per_chip = batch // aot_sweep._chips(cell.split("@")[1])
+        trials.append(per_chip)
+        fits = per_chip <= limit
+        train = {
+            "status": "assigned" if fits else "does not fit",
+            "verdict": "fits" if fits else "does not fit by 1 GiB",
+        }
+        with open(aot_sweep._cell_path(out, cell, tag), "w") as f:
+            json.dump({"programs": {"train": train}}, f)
+
+    monkeypatch.setattr(aot_sweep, "run", fake_run)
+    assert aot_sweep._chips("v5p:2x4x4") == 32 and aot_sweep._chips("v6e:8x8") == 64
+    limit = 32  # repr_24k: global batch 256 on 16 v5e chips, 16 per chip
+    assert aot_sweep.largest(["repr_24k@v5e:4x4"], str(tmp_path), []) == {"repr_24k@v5e:4x4": 32}
+    assert trials == [16, 32, 64]
+    trials.clear()
+    limit = 2
+    (tmp_path / "b").mkdir()
+    found = aot_sweep.largest(["repr_24k@v5p:2x4x4"], str(tmp_path / "b"), [])
+    assert found == {"repr_24k@v5p:2x4x4": 2} and trials == [8, 4, 2]
+    trials.clear()
+    limit = 0
+    (tmp_path / "c").mkdir()
+    found = aot_sweep.largest(["repr_24k@v5e:4x4"], str(tmp_path / "c"), [])
+    assert found == {"repr_24k@v5e:4x4": None} and trials == [16, 8, 4, 2, 1]
