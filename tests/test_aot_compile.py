@@ -188,6 +188,6 @@ def test_memory_only_reports_the_assignment_and_ends_early(tmp_path):
     )  # fmt: skip
     assert run.returncode == 0, run.stderr[-2000:]
     train = json.loads(out.read_text())["programs"]["train"]
-    assert train["status"] == "assigned" and train["verdict"] == "fits (buffer assignment)"
+    assert train["status"] == "assigned" and train["verdict"].startswith("fits (buffer assignment")
     assert 0 < train["memory"]["total"] < 16 * GiB and train["largest_buffers"]
-    assert "fits (buffer assignment)" in run.stdout
+    assert "fits (buffer assignment" in run.stdout
