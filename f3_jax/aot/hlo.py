@@ -284,5 +284,6 @@ def assigned_bytes(dump_dir: str) -> int | None:
     report = _newest(dump_dir, "*after_optimizations-memory-usage-report.txt")
     if report is None:
         return None
-    match = _TOTAL.search(open(report).read(4096))
+    with open(report) as f:
+        match = _TOTAL.search(f.read(4096))  # the total heads the report
     return int(match.group(1)) if match else None
