@@ -175,11 +175,11 @@ def _codec(trainer) -> dict[str, Program]:
     z = jax.ShapeDtypeStruct((rows, dec_frames, int(config.model.latent_dim)), jnp.float32)
     z = jax.ShapeDtypeStruct(z.shape, z.dtype, sharding=whole)
     valid = jax.ShapeDtypeStruct((rows,), jnp.int32, sharding=whole)  # as the Tokenizer calls
-    encode = jax.jit(
-        lambda v, x, n: model.apply(v, x, train=False, valid=n * hop, method=Autoencoder.encode)[
-            "z"
-        ]
-    )
+
+    def encode_latents(v, x, n):
+        return model.apply(v, x, train=False, valid=n * hop, method=Autoencoder.encode)["z"]
+
+    encode = jax.jit(encode_latents)
     decode = jax.jit(lambda v, x, n: model.apply(v, x, n, method=Autoencoder.decode))
 
     def seconds(frames: int) -> float:
