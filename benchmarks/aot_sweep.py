@@ -3,29 +3,33 @@
     python benchmarks/aot_sweep.py run --cells ae_24k@v5e:4x4,repr_24k@v6e:8x8 \
         [--programs train] [--out benchmarks/reports/aot] [--extra --config.train.batch_size=64]
     python benchmarks/aot_sweep.py largest --cells repr_24k@v5p:2x4x4 [--out ...]
-    python benchmarks/aot_sweep.py table [--out benchmarks/reports/aot]
+    python benchmarks/aot_sweep.py table [--write] [--out benchmarks/reports/aot]
 
 `run` compiles each cell in its own process (libtpu: pip install -e ".[tpu]"), one after the
 other, and keeps each report as OUT/<config>@<topology>[+<tag>].json; a cell whose JSON exists
-is skipped, so an interrupted sweep resumes. `table` prints the Markdown table of README's
-"What fits where" from those files: compile status, memory per chip against HBM, the roofline
-estimate of the step time and MFU (an estimate from the compiler's counts, not a measurement)
-and the largest collective, per program. `largest` finds, per cell, the largest per-chip
-batch (a power of two) whose train step fits: from the config's own per-chip batch it doubles
-while the step fits and halves while it does not, each trial `aot_compile --memory_only` (the
-compiler's buffer assignment: minutes instead of a full compile), kept as
-OUT/<cell>+b<N>pc.json.
+is skipped, so an interrupted sweep resumes. `table` prints README's "What fits where" tables
+and RESULTS.md's from those files (`aot_tables.py`: compile status, memory per chip against
+HBM, the roofline estimate of the step time and MFU, an estimate from the compiler's counts,
+not a measurement, and the largest collective); `--write` puts them in place. `largest`
+finds, per cell, the largest per-chip batch (a power of two) whose train step fits: from the
+config's own per-chip batch it doubles while the step fits and halves while it does not, each
+trial `aot_compile --memory_only` (the compiler's buffer assignment: minutes instead of a
+full compile), kept as OUT/<cell>+b<N>pc.json.
 """
 
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import os
 import subprocess
 import sys
 import time
+
+try:  # run as a script: benchmarks/ is on sys.path
+    import aot_tables
+except ImportError:
+    from benchmarks import aot_tables
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GiB = 2**30
@@ -62,13 +66,6 @@ def run(cells: list[str], programs: str, out: str, extra: list[str], tag: str) -
         print(f"{cell}: {time.perf_counter() - start:.0f} s", flush=True)
 
 
-def _chips(topology: str) -> int:
-    count = 1
-    for n in topology.split(":")[1].split("x"):
-        count *= int(n)
-    return count
-
-
 def _fits(path: str) -> bool | None:
     """The train step's verdict in a cell's JSON; None when it did not compile or assign."""
     if not os.path.exists(path):
@@ -88,12 +85,12 @@ def largest(cells: list[str], out: str, extra: list[str]) -> dict[str, int | Non
     for cell in cells:
         config_name, topology = cell.split("@")
         config = load_config_file(os.path.join(ROOT, "configs", f"{config_name}.py"))
-        chips = _chips(topology)
-        per_chip = max(1, int(config.train.batch_size) // chips)
+        count = aot_tables.chips(topology)
+        per_chip = max(1, int(config.train.batch_size) // count)
         verdicts: dict[int, bool] = {}
         while per_chip not in verdicts and 1 <= per_chip <= 1024:
             tag = f"b{per_chip}pc"
-            size = [f"--config.train.batch_size={per_chip * chips}"]
+            size = [f"--config.train.batch_size={per_chip * count}"]
             run([cell], "train", out, [*size, "--memory_only", *extra], tag)
             fits = _fits(_cell_path(out, cell, tag))
             if fits is None:
@@ -115,60 +112,6 @@ def label(path: str, tag: str, extra: list[str]) -> None:
         json.dump(result, f, indent=1)
 
 
-def _variant(result: dict) -> str:
-    overrides = result.get("variant", {}).get("overrides", [])
-    # The batch has a column of its own; --memory_only shows in the verdict.
-    names = [o.removeprefix("--config.") for o in overrides if o != "--memory_only"]
-    names = [n for n in names if not n.startswith("train.batch_size=")]
-    names = ["data.latent_cache (set)" if n.startswith("data.latent_cache=") else n for n in names]
-    return " ".join(names) or "as configured"
-
-
-def _size(n: float) -> str:
-    for unit, scale in (("GiB", GiB), ("MiB", 2**20), ("KiB", 2**10)):
-        if n >= scale:
-            return f"{n / scale:.1f} {unit}"
-    return f"{n:.0f} B"
-
-
-def _row(result: dict, name: str, r: dict) -> str:
-    mesh = "x".join(str(v) for v in result["mesh"].values())
-    slices = f" x {result['num_slices']}" if result.get("num_slices", 1) > 1 else ""
-    head = (
-        f"| {os.path.basename(result['config'])} | {_variant(result)} "
-        f"| {result['topology']}{slices} | {mesh} | {result['global_batch']} | {name} "
-        f"| {r.get('compile_seconds', 0):.0f} "
-    )
-    if r["status"] == "error":
-        return head + f"| error: {r['error'][:60]} | | | | |"
-    m = r["memory"]
-    memory = f"{m['total'] / GiB:.2f} / {m['hbm'] / GiB:.0f}"
-    if r["status"] != "compiled":
-        big = (r.get("largest_buffers") or [{}])[0]
-        where = f"largest buffer: {_size(big['bytes'])} {big['shape']}" if big else ""
-        return head + f"| {memory} | {r['verdict']} | | | {where} |"
-    e, big = r["estimate"], r["largest_collective"]
-    collective = f"{big['kind']} {_size(big['bytes'])}" if big else "none"
-    return head + (
-        f"| {memory} | {r['verdict']} | {e['step_seconds']:.3f} ({e['bound']}) "
-        f"| {100 * e['mfu']:.0f} % | {collective} |"
-    )
-
-
-def table(out: str) -> str:
-    lines = [
-        "| config | variant | topology | mesh (data x fsdp x tensor) | global batch "
-        "| program | compile s | GiB per chip / HBM | verdict | est. step s (bound) "
-        "| est. MFU (upper bound) | largest single collective |",
-        "|" + "---|" * 12,
-    ]
-    for path in sorted(glob.glob(os.path.join(out, "*.json"))):
-        with open(path) as f:
-            result = json.load(f)
-        lines += [_row(result, n, r) for n, r in result["programs"].items()]
-    return "\n".join(lines)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("command", choices=("run", "largest", "table"))
@@ -176,13 +119,22 @@ def main() -> None:
     parser.add_argument("--programs", default="", help="only these programs (default: all)")
     parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "reports", "aot"))
     parser.add_argument("--tag", default="", help="suffix of the JSON names (a variant)")
+    parser.add_argument(
+        "--write", action="store_true",
+        help="table: rewrite README's and RESULTS.md's tables between their markers",
+    )  # fmt: skip
     args, extra = parser.parse_known_args()
     if args.command == "run":
         run([c for c in args.cells.split(",") if c], args.programs, args.out, extra, args.tag)
     elif args.command == "largest":
         largest([c for c in args.cells.split(",") if c], args.out, extra)
+    elif args.write:
+        changed = aot_tables.write(reports=args.out)
+        print(f"rewrote {', '.join(changed)}" if changed else "the tables were up to date")
     else:
-        print(table(args.out))
+        results = aot_tables.load(args.out)
+        for _, marker, kind in aot_tables.TARGETS:
+            print(f"<!-- {marker} -->\n{aot_tables.render(kind, results)}\n")
 
 
 if __name__ == "__main__":

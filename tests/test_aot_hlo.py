@@ -172,14 +172,14 @@ def test_largest_batch_search_doubles_and_halves(tmp_path, monkeypatch):
     fits and halve while it does not (the compiles stood in for by a memory threshold)."""
     import json
 
-    from benchmarks import aot_sweep
+    from benchmarks import aot_sweep, aot_tables
 
     trials = []
 
     def fake_run(cells, programs, out, extra, tag):
         (cell,) = cells
         batch = int(next(e for e in extra if "batch_size" in e).split("=")[1])
-        per_chip = batch // aot_sweep._chips(cell.split("@")[1])
+        per_chip = batch // aot_tables.chips(cell.split("@")[1])
         trials.append(per_chip)
         fits = per_chip <= limit
         train = {
@@ -190,7 +190,7 @@ def test_largest_batch_search_doubles_and_halves(tmp_path, monkeypatch):
             json.dump({"programs": {"train": train}}, f)
 
     monkeypatch.setattr(aot_sweep, "run", fake_run)
-    assert aot_sweep._chips("v5p:2x4x4") == 32 and aot_sweep._chips("v6e:8x8") == 64
+    assert aot_tables.chips("v5p:2x4x4") == 32 and aot_tables.chips("v6e:8x8") == 64
     limit = 32  # repr_24k: global batch 256 on 16 v5e chips, 16 per chip
     assert aot_sweep.largest(["repr_24k@v5e:4x4"], str(tmp_path), []) == {"repr_24k@v5e:4x4": 32}
     assert trials == [16, 32, 64]
@@ -204,3 +204,70 @@ def test_largest_batch_search_doubles_and_halves(tmp_path, monkeypatch):
     (tmp_path / "c").mkdir()
     found = aot_sweep.largest(["repr_24k@v5e:4x4"], str(tmp_path / "c"), [])
     assert found == {"repr_24k@v5e:4x4": None} and trials == [16, 8, 4, 2, 1]
+
+
+def _report(topology: str, batch: int, status: str, total_gib: float, **variant) -> dict:
+    """A stand-in of one `aot_compile --json` report (train program only)."""
+    train = {
+        "status": status,
+        "verdict": "fits" if status in ("compiled", "assigned") else "does not fit by 1 GiB",
+        "compile_seconds": 60.0,
+        "memory": {"total": total_gib * GiB, "hbm": 16 * GiB},
+        "estimate": {"step_seconds": 0.1, "bound": "memory", "mfu": 0.5},
+        "largest_collective": {"kind": "all-gather", "bytes": 2**20},
+    }
+    return {
+        "config": "configs/x_24k.py", "topology": topology, "num_slices": 1,
+        "global_batch": batch, "programs": {"train": train}, "mesh": {"data": 1, "fsdp": 16},
+        "variant": {"tag": variant.get("tag", ""), "overrides": variant.get("overrides", [])},
+    }  # fmt: skip
+
+
+def test_summary_says_what_each_topology_compiled_and_the_largest_batch():
+    """benchmarks/aot_tables.py: one cell per config and topology from its reports; a finished
+    compile wins over a buffer-assignment trial; the historic reports are left out."""
+    from benchmarks import aot_tables
+
+    memory_only = ["--memory_only"]
+    reports = [
+        _report("v5e:4x4", 64, "compiled", 5.0),
+        _report("v5e:4x4", 64, "assigned", 5.5, tag="b4pc", overrides=memory_only),
+        _report("v5e:4x4", 128, "assigned", 7.0, tag="b8pc", overrides=memory_only),
+        _report("v5e:4x4", 256, "does not fit", 20.0, tag="b16pc", overrides=memory_only),
+        _report("v5e:4x4", 64, "does not fit", 99.0, tag="old", overrides=["(before X)"]),
+        _report("v5p:2x4x4", 64, "assigned", 3.0, tag="memory", overrides=memory_only),
+        _report("v6e:8x8", 64, "does not fit", 40.0),
+        _report("v6e:8x8", 64, "compiled", 9.0, overrides=["--config.encoder.remat=full"]),
+    ]
+    text = aot_tables.summary(reports)
+    header, _, row = text.splitlines()
+    topologies = ["v5e:4x4 (16 chips)", "v5p:2x4x4 (32 chips)", "v6e:8x8 (64 chips)"]
+    assert header.split(" | ")[1:4] == topologies
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[0] == "`x_24k` (64)"
+    assert cells[1] == "**compiled**, 5.00 / 16 GiB (60 s) at 4 per chip; largest 8 per chip"
+    assert cells[2] == "fits (3.0 GiB est.) at 2 per chip"
+    assert cells[3] == (
+        "does not fit (40.0 GiB) at 1 per chip; "
+        "with encoder.remat=full: **compiled**, 9.00 / 16 GiB (60 s) at 1 per chip"
+    )
+    assert cells[4] == "v5e, v6e"
+    assert aot_tables.largest_fitting(reports[3:4]) is None
+    compiled_rows = aot_tables.full_table(reports, finished_only=True).splitlines()[2:]
+    assert len(compiled_rows) == 3 and "99.00" not in "".join(compiled_rows)
+    assert len(aot_tables.full_table(reports, finished_only=False).splitlines()) == 2 + 8
+
+
+def test_committed_tables_are_what_the_committed_reports_render_to():
+    """README's "What fits where" and RESULTS.md's table are rendered from
+    benchmarks/reports/aot: a report added without `aot_sweep.py table --write` fails here."""
+    from benchmarks import aot_tables
+
+    results = aot_tables.load()
+    assert results, "no reports in benchmarks/reports/aot"
+    for name, marker, kind in aot_tables.TARGETS:
+        text = (ROOT / name).read_text()
+        expected = aot_tables.replace_between(text, marker, aot_tables.render(kind, results))
+        assert text == expected, f"{name} <!-- {marker} -->: run aot_sweep.py table --write"
+    with pytest.raises(ValueError, match="NOPE"):
+        aot_tables.replace_between("text", "NOPE", "body")
