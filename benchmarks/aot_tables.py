@@ -158,12 +158,18 @@ def _outcome(result: dict) -> str:
 
 
 def largest_fitting(results: list[dict]) -> int | None:
-    """The largest per-chip batch among `largest` trials whose train step fits."""
+    """The largest per-chip batch that fits: of the `largest` trials (buffer assignment x 1.25)
+    and of the finished compiles as configured, which overrule the trials' margin."""
     fitting = [
         per_chip(r) for r in results
-        if _is_trial(r) and r["programs"]["train"]["verdict"].startswith("fits")
+        if (_is_trial(r) or (r["programs"]["train"]["status"] == "compiled" and _is_plain(r)))
+        and r["programs"]["train"]["verdict"].startswith("fits")
     ]  # fmt: skip
     return max(fitting) if fitting else None
+
+
+def _is_plain(result: dict) -> bool:
+    return variant(result) == "as configured" and result.get("num_slices", 1) == 1
 
 
 def _best(results: list[dict]) -> dict | None:

@@ -253,6 +253,10 @@ def test_summary_says_what_each_topology_compiled_and_the_largest_batch():
     )
     assert cells[4] == "v5e, v6e"
     assert aot_tables.largest_fitting(reports[3:4]) is None
+    # A finished compile that fits overrules a trial's verdict (its 1.25 margin) at that batch.
+    overruled = [reports[3], _report("v5e:4x4", 256, "compiled", 15.0, tag="")]
+    assert aot_tables.largest_fitting(overruled) == 16
+    assert aot_tables.largest_fitting(reports[6:]) is None  # a variant's compile does not count
     compiled_rows = aot_tables.full_table(reports, finished_only=True).splitlines()[2:]
     assert len(compiled_rows) == 3 and "99.00" not in "".join(compiled_rows)
     assert len(aot_tables.full_table(reports, finished_only=False).splitlines()) == 2 + 8
