@@ -32,7 +32,6 @@ except ImportError:
     from benchmarks import aot_tables
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-GiB = 2**30
 
 
 def _cell_path(out: str, cell: str, tag: str) -> str:
