@@ -37,13 +37,11 @@ _TRIAL = re.compile(r"b(\d+)pc$")  # `aot_sweep.py largest` trials: b<per-chip b
 
 
 def load(reports: str = REPORTS) -> list[dict]:
-    """Every report of the folder, with its file name under "file"."""
+    """Every report of the folder."""
     results = []
     for path in sorted(glob.glob(os.path.join(reports, "*.json"))):
         with open(path) as f:
-            result = json.load(f)
-        result["file"] = os.path.basename(path)
-        results.append(result)
+            results.append(json.load(f))
     return results
 
 
