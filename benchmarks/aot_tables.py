@@ -66,7 +66,12 @@ def variant(result: dict) -> str:
     names = [o.removeprefix("--") for o in _overrides(result) if o != "--memory_only"]
     names = [n.removeprefix("config.") for n in names if not n.startswith("config.train.batch")]
     names = ["data.latent_cache (set)" if n.startswith("data.latent_cache=") else n for n in names]
+    names = ["least compile effort (--fast)" if n == "fast" else n for n in names]
     return " ".join(names) or "as configured"
+
+
+def _is_least_effort(result: dict) -> bool:
+    return "--fast" in _overrides(result)
 
 
 def _is_trial(result: dict) -> bool:
@@ -211,13 +216,18 @@ def summary(results: list[dict]) -> str:
         mine = [r for r in single if r["config"] == config]
         batch = min(r["global_batch"] for r in mine if not _is_trial(r))
         cells = [summary_cell([r for r in mine if r["topology"] == t], batch) for t in topologies]
-        compiled = sorted({
-            _family(r["topology"]) for r in mine
-            if r["programs"]["train"]["status"] == "compiled"
-        })  # fmt: skip
         name = os.path.basename(config).removesuffix(".py")
-        lines.append(f"| `{name}` ({batch}) | " + " | ".join(cells) + f" | {', '.join(compiled)} |")
+        lines.append(f"| `{name}` ({batch}) | " + " | ".join(cells) + f" | {_compiled_for(mine)} |")
     return "\n".join(lines)
+
+
+def _compiled_for(results: list[dict]) -> str:
+    """The chip families a train step compiled to the end for; "(--fast)" where only at the
+    least compile effort, whose memory and cost may differ from training's compile."""
+    compiled = [r for r in results if r["programs"]["train"]["status"] == "compiled"]
+    families = sorted({_family(r["topology"]) for r in compiled})
+    full = {_family(r["topology"]) for r in compiled if not _is_least_effort(r)}
+    return ", ".join(f if f in full else f"{f} (--fast)" for f in families)
 
 
 def render(kind: str, results: list[dict]) -> str:

@@ -262,6 +262,23 @@ def test_summary_says_what_each_topology_compiled_and_the_largest_batch():
     assert len(aot_tables.full_table(reports, finished_only=False).splitlines()) == 2 + 8
 
 
+def test_a_family_compiled_only_at_least_effort_says_so():
+    """A `--fast` compile (least optimization effort) counts as compiled for its chip family,
+    marked, unless a compile at training's effort exists for the family too."""
+    from benchmarks import aot_tables
+
+    fast = _report("v6e:4x4", 64, "compiled", 9.0, tag="fast", overrides=["--fast"])
+    plain = _report("v5p:2x4x4", 64, "compiled", 4.0)
+    row = aot_tables.summary([fast, plain]).splitlines()[2]
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[2] == (
+        "with least compile effort (--fast): **compiled**, 9.00 / 16 GiB (60 s) at 4 per chip"
+    )
+    assert cells[3] == "v5p, v6e (--fast)"
+    full = _report("v6e:8x8", 64, "compiled", 9.0)
+    assert aot_tables.summary([fast, plain, full]).splitlines()[2].endswith("| v5p, v6e |")
+
+
 def test_committed_tables_are_what_the_committed_reports_render_to():
     """README's "What fits where" and RESULTS.md's table are rendered from
     benchmarks/reports/aot: a report added without `aot_sweep.py table --write` fails here."""

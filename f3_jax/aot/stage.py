@@ -123,6 +123,8 @@ def compile_stage(
         "jax": jax.__version__,
         "libtpu": topology_lib.libtpu_version(),
         "build_seconds": time.perf_counter() - start,
+        # Non-default XLA options (`--fast`): the verdict is that compile's, not training's.
+        "compiler_options": dict(options or {}),
         "programs": {},
         "note": report_lib.ESTIMATE,
     }
