@@ -204,7 +204,8 @@ def _family(topology: str) -> str:
 
 def summary(results: list[dict]) -> str:
     """Configs by topologies (one slice), and the chip families each compiled to the end on."""
-    single = [r for r in results if r.get("num_slices", 1) == 1]
+    # The other programs' reports (eval, codec, generation) are rows of the full tables only.
+    single = [r for r in results if r.get("num_slices", 1) == 1 and "train" in r["programs"]]
     topologies = sorted({r["topology"] for r in single}, key=lambda t: (_family(t), chips(t)))
     lines = [
         "| config (global batch) | "

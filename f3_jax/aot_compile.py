@@ -121,6 +121,13 @@ def _size(n: float) -> str:
     return f"{n:.0f} B"
 
 
+def _options_line(options: dict | None) -> list[str]:
+    if not options:
+        return []
+    given = ", ".join(f"{k}={v}" for k, v in options.items())
+    return [f"compiler options {given}: memory and cost are this compile's, not training's"]
+
+
 def render(result: dict) -> str:
     """The report as text: one table row per program, then collectives and buffers."""
     mesh = " ".join(f"{k}={v}" for k, v in result["mesh"].items())
@@ -130,6 +137,7 @@ def render(result: dict) -> str:
         f"{result['devices']} chips, mesh {mesh}, global batch {result['global_batch']}; "
         f"jax {result['jax']}, libtpu {result['libtpu']}",
         f"memory per chip in GiB; step time and MFU: {result['note']}",
+        *_options_line(result.get("compiler_options")),
         "",
         "| program | compile s | args | outputs | temps | code | total / HBM | verdict "
         "| TFLOP/chip | GB/chip | est. step s | bound | est. MFU | largest collective |",

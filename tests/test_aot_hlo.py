@@ -4,6 +4,7 @@ verdict, the roofline estimate, and the command line's usage errors."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -277,6 +278,24 @@ def test_a_family_compiled_only_at_least_effort_says_so():
     assert cells[3] == "v5p, v6e (--fast)"
     full = _report("v6e:8x8", 64, "compiled", 9.0)
     assert aot_tables.summary([fast, plain, full]).splitlines()[2].endswith("| v5p, v6e |")
+    # A report of other programs only (eval, codec, generation) is a row of the full table.
+    others = _report("v5p:2x4x4", 64, "compiled", 2.0, tag="programs")
+    others["programs"] = {"eval": others["programs"].pop("train")}
+    assert aot_tables.summary([fast, plain, others]) == aot_tables.summary([fast, plain])
+    assert "| eval |" in aot_tables.full_table([others], finished_only=True)
+
+
+def test_the_printed_report_names_non_default_compiler_options():
+    """`aot_compile --fast`: the report says its memory and cost are that compile's."""
+    from f3_jax import aot_compile
+
+    path = ROOT / "benchmarks/reports/aot/ae_24k@v6e_4x4+fast.json"
+    result = json.loads(path.read_text())
+    result["compiler_options"] = dict(aot_compile.FAST_OPTIONS)
+    assert "compiler options exec_time_optimization_effort=-1.0: memory and cost are this " \
+        "compile's" in aot_compile.render(result)
+    result["compiler_options"] = {}
+    assert "compiler options" not in aot_compile.render(result)
 
 
 def test_committed_tables_are_what_the_committed_reports_render_to():
