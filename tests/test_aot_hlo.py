@@ -292,8 +292,10 @@ def test_the_printed_report_names_non_default_compiler_options():
     path = ROOT / "benchmarks/reports/aot/ae_24k@v6e_4x4+fast.json"
     result = json.loads(path.read_text())
     result["compiler_options"] = dict(aot_compile.FAST_OPTIONS)
-    assert "compiler options exec_time_optimization_effort=-1.0: memory and cost are this " \
+    assert (
+        "compiler options exec_time_optimization_effort=-1.0: memory and cost are this "
         "compile's" in aot_compile.render(result)
+    )
     result["compiler_options"] = {}
     assert "compiler options" not in aot_compile.render(result)
 
